@@ -1,0 +1,445 @@
+"""Configuration: plain dataclasses, loaded from YAML, with dotted overrides.
+
+A run is described by one :class:`Config` with four sections:
+
+- ``model``  (:class:`ModelConfig`): backbone, FPN, head, anchors, matcher, losses, post-processing.
+- ``data``   (:class:`DataConfig`): dataset format and paths, input sizes, augmentation, loader.
+- ``solver`` (:class:`SolverConfig`): SGD recipe, schedule, AMP, gradient clipping.
+- ``train``  (:class:`TrainConfig`): output folder, checkpoints, logging, evaluation period, seed.
+
+Defaults are the paper's (RetinaNet R50-FPN, 1x schedule, 800 px). ``load_config(path, overrides)``
+reads a YAML file (which may name a ``base`` file or packaged preset to start from), applies
+``key.sub=value`` overrides and validates everything, raising :class:`ConfigError` with the offending
+key, and the closest valid key when a name is misspelt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+__all__ = [
+    "BackboneConfig", "AnchorConfig", "ModelConfig", "DataConfig", "SolverConfig", "TrainConfig",
+    "Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides",
+    "preset_path", "list_presets", "save_config",
+]
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass
+class BackboneConfig:
+    """Feature extractor producing C3, C4, C5 (strides 8, 16, 32)."""
+
+    name: str = "resnet50"  # resnet18/34/50/101/152, resnext101_32x8d, mobilenet_v2
+    norm: str = "frozen_bn"  # frozen_bn | bn
+    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage, ... 5 all
+    weights: Optional[str] = None  # path to a torchvision-format file, or "imagenet" (local only)
+
+
+@dataclass
+class AnchorConfig:
+    """Anchors on P3..P7: one size per level, times scales and aspect ratios (h / w)."""
+
+    sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    offset: float = 0.0  # anchor centre at offset * stride inside the cell (0 = cell corner)
+
+
+@dataclass
+class ModelConfig:
+    """The detector: architecture, training targets and losses, and inference post-processing."""
+
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn_channels: int = 256
+    p6_from: str = "C5"  # C5 (paper) | P5 (torchvision v1)
+    head_convs: int = 4
+    head_norm: Optional[str] = None  # None | GN
+    prior: float = 0.01
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    # assignment
+    fg_iou_threshold: float = 0.5
+    bg_iou_threshold: float = 0.4
+    allow_low_quality_matches: bool = True
+    # losses
+    cls_loss: str = "focal"  # focal | ce (alpha-balanced when focal_alpha >= 0)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou
+    smooth_l1_beta: float = 0.1
+    box_loss_weight: float = 1.0
+    box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    loss_normalizer: str = "batch"  # batch | ema
+    normalizer_momentum: float = 0.9
+    # inference
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how images are sized, augmented and batched."""
+
+    format: str = "coco"  # coco | voc
+    train_images: Optional[str] = None  # COCO: image folder
+    train_annotations: Optional[str] = None  # COCO: json file
+    val_images: Optional[str] = None
+    val_annotations: Optional[str] = None
+    voc_root: Optional[str] = None  # VOC: folder with Annotations/, JPEGImages/, ImageSets/Main/
+    train_split: str = "train"
+    val_split: str = "val"
+    class_names: Optional[list[str]] = None  # VOC class list (default: the 20 VOC classes)
+    min_size: tuple[int, ...] = (800,)  # shorter side; several values = multi-scale training
+    max_size: int = 1333
+    test_min_size: int = 800
+    flip_prob: float = 0.5
+    size_divisibility: int = 128
+    num_workers: int = 2
+    skip_bad_images: bool = False
+
+
+@dataclass
+class SolverConfig:
+    """The paper's recipe: SGD, lr 0.01 for 16 images (scaled linearly), steps at 2/3 and 8/9."""
+
+    batch_size: int = 16  # global, over all processes
+    base_lr: float = 0.01
+    reference_batch_size: int = 16  # lr = base_lr * batch_size / reference_batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 90000
+    epochs: Optional[float] = None  # if set, max_iter = ceil(epochs * len(dataset) / batch_size)
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    steps: tuple[float, ...] = (2 / 3, 8 / 9)  # fractions of max_iter
+    gamma: float = 0.1
+    clip_grad_norm: Optional[float] = None
+    amp: str = "off"  # off | bf16 | fp16 (fp16 on CUDA only)
+    skip_nonfinite: bool = False  # skip steps with NaN/inf loss instead of stopping
+
+    def lr(self) -> float:
+        """The learning rate after linear scaling by the global batch size."""
+        return self.base_lr * self.batch_size / self.reference_batch_size
+
+
+@dataclass
+class TrainConfig:
+    """Run bookkeeping: outputs, checkpoints, logging, evaluation, seed, device."""
+
+    output_dir: str = "runs/retinanet"
+    checkpoint_period: int = 5000
+    keep_checkpoints: int = 3
+    eval_period: int = 0  # 0 = evaluate only at the end
+    log_period: int = 20
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch intra-op threads; 0 = torch default
+
+
+@dataclass
+class Config:
+    """A whole run: model, data, solver and train sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples where declared."""
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin in (tuple, list):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and origin is tuple:
+            value = [value]  # a single value where a tuple is expected, e.g. min_size: 800
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        elif origin is tuple and args:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            items = [_coerce(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else list(items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(valid)}."
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        full = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key '{full}'." + _suggest(str(k), names))
+        kwargs[k] = _coerce(v, hints[k], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a :class:`Config` from a nested dict (unknown keys are errors)."""
+    data = dict(data or {})
+    data.pop("base", None)
+    cfg = _from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Nested plain dict (tuples as lists) of a config dataclass, ready for YAML or JSON."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def _check(cond: bool, key: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg} (got {value!r})")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values with a message naming the key."""
+    m, d, s, t = cfg.model, cfg.data, cfg.solver, cfg.train
+    _check(m.num_classes >= 1, "model.num_classes", "must be >= 1", m.num_classes)
+    _check(m.p6_from in ("C5", "P5"), "model.p6_from", "must be C5 or P5", m.p6_from)
+    _check(m.head_norm in (None, "GN"), "model.head_norm", "must be null or GN", m.head_norm)
+    _check(m.backbone.norm in ("frozen_bn", "bn"), "model.backbone.norm", "must be frozen_bn or bn", m.backbone.norm)
+    _check(0 <= m.backbone.freeze_at <= 5, "model.backbone.freeze_at", "must be in 0..5", m.backbone.freeze_at)
+    _check(0 < m.prior < 1, "model.prior", "must be in (0, 1)", m.prior)
+    _check(m.fpn_channels > 0, "model.fpn_channels", "must be > 0", m.fpn_channels)
+    if m.head_norm == "GN":
+        _check(m.fpn_channels % 32 == 0, "model.fpn_channels", "must be a multiple of 32 with GN", m.fpn_channels)
+    _check(m.head_convs >= 0, "model.head_convs", "must be >= 0", m.head_convs)
+    a = m.anchors
+    _check(len(a.sizes) == 5 and len(a.strides) == 5, "model.anchors.sizes",
+           "need one size and one stride per level P3..P7 (5 each)", (a.sizes, a.strides))
+    _check(all(x > 0 for x in a.sizes + a.scales + a.ratios), "model.anchors", "sizes, scales, ratios must be > 0",
+           (a.sizes, a.scales, a.ratios))
+    _check(tuple(a.strides) == (8, 16, 32, 64, 128), "model.anchors.strides",
+           "must be (8, 16, 32, 64, 128), the strides of P3..P7", a.strides)
+    _check(0 <= a.offset < 1, "model.anchors.offset", "must be in [0, 1)", a.offset)
+    _check(0 <= m.bg_iou_threshold <= m.fg_iou_threshold <= 1, "model.bg_iou_threshold",
+           "need 0 <= bg_iou_threshold <= fg_iou_threshold <= 1", (m.bg_iou_threshold, m.fg_iou_threshold))
+    _check(m.cls_loss in ("focal", "ce"), "model.cls_loss", "must be focal or ce", m.cls_loss)
+    _check(m.focal_gamma >= 0, "model.focal_gamma", "must be >= 0", m.focal_gamma)
+    _check(m.focal_alpha < 1, "model.focal_alpha", "must be < 1 (negative disables alpha)", m.focal_alpha)
+    _check(m.box_loss in ("smooth_l1", "l1", "giou"), "model.box_loss", "must be smooth_l1, l1 or giou", m.box_loss)
+    _check(m.smooth_l1_beta >= 0, "model.smooth_l1_beta", "must be >= 0", m.smooth_l1_beta)
+    _check(m.loss_normalizer in ("batch", "ema"), "model.loss_normalizer", "must be batch or ema", m.loss_normalizer)
+    _check(0 <= m.normalizer_momentum < 1, "model.normalizer_momentum", "must be in [0, 1)", m.normalizer_momentum)
+    _check(0 <= m.score_thresh <= 1, "model.score_thresh", "must be in [0, 1]", m.score_thresh)
+    _check(0 < m.nms_thresh <= 1, "model.nms_thresh", "must be in (0, 1]", m.nms_thresh)
+    _check(m.topk_candidates >= 1, "model.topk_candidates", "must be >= 1", m.topk_candidates)
+    _check(m.detections_per_image >= 1, "model.detections_per_image", "must be >= 1", m.detections_per_image)
+
+    _check(d.format in ("coco", "voc"), "data.format", "must be coco or voc", d.format)
+    _check(len(d.min_size) >= 1 and all(x > 0 for x in d.min_size), "data.min_size", "must be positive sizes", d.min_size)
+    _check(d.max_size >= max(d.min_size), "data.max_size", "must be >= every data.min_size", d.max_size)
+    _check(d.test_min_size > 0, "data.test_min_size", "must be > 0", d.test_min_size)
+    _check(0 <= d.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]", d.flip_prob)
+    _check(d.size_divisibility > 0 and d.size_divisibility % 128 == 0, "data.size_divisibility",
+           "must be a positive multiple of 128 so that P3..P7 align", d.size_divisibility)
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
+
+    _check(s.batch_size >= 1, "solver.batch_size", "must be >= 1", s.batch_size)
+    _check(s.base_lr > 0 and math.isfinite(s.base_lr), "solver.base_lr", "must be a positive number", s.base_lr)
+    _check(s.reference_batch_size >= 1, "solver.reference_batch_size", "must be >= 1", s.reference_batch_size)
+    _check(0 <= s.momentum < 1, "solver.momentum", "must be in [0, 1)", s.momentum)
+    _check(s.weight_decay >= 0, "solver.weight_decay", "must be >= 0", s.weight_decay)
+    _check(s.max_iter >= 1, "solver.max_iter", "must be >= 1", s.max_iter)
+    _check(s.epochs is None or s.epochs > 0, "solver.epochs", "must be > 0", s.epochs)
+    _check(s.warmup_iters >= 0, "solver.warmup_iters", "must be >= 0", s.warmup_iters)
+    _check(0 < s.warmup_factor <= 1, "solver.warmup_factor", "must be in (0, 1]", s.warmup_factor)
+    _check(all(0 < x <= 1 for x in s.steps) and list(s.steps) == sorted(s.steps), "solver.steps",
+           "must be increasing fractions of max_iter in (0, 1]", s.steps)
+    _check(0 < s.gamma <= 1, "solver.gamma", "must be in (0, 1]", s.gamma)
+    _check(s.clip_grad_norm is None or s.clip_grad_norm > 0, "solver.clip_grad_norm", "must be > 0 or null",
+           s.clip_grad_norm)
+    _check(s.amp in ("off", "bf16", "fp16"), "solver.amp", "must be off, bf16 or fp16", s.amp)
+
+    _check(t.checkpoint_period >= 1, "train.checkpoint_period", "must be >= 1", t.checkpoint_period)
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
+    _check(t.eval_period >= 0, "train.eval_period", "must be >= 0", t.eval_period)
+    _check(t.log_period >= 1, "train.log_period", "must be >= 1", t.log_period)
+    _check(t.num_threads >= 0, "train.num_threads", "must be >= 0", t.num_threads)
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+           "must be auto, cpu, cuda or cuda:N", t.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# files, presets and overrides
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets (``retinanet train NAME`` accepts them)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """Resolve a preset name or a file path to a YAML file that exists."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    q = PRESET_DIR / f"{name}.yaml"
+    if q.is_file():
+        return q
+    if p.suffix in (".yaml", ".yml") or "/" in name:
+        raise ConfigError(f"config file not found: {name}")
+    raise ConfigError(f"no config file or preset named '{name}'." + _suggest(name, list_presets()))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base:
+        bp = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not bp.is_file():
+            bp = preset_path(str(base))
+        data = _merge(_load_yaml_chain(bp, seen + (path,)), data)
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {} if nxt is None else nxt
+                if not isinstance(nxt, dict):
+                    raise ConfigError(f"override '{key}': '{p}' is not a section")
+                node[p] = nxt = dict(nxt)
+            else:
+                node[p] = nxt = dict(nxt)
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load a YAML file or preset name (or the defaults when ``path`` is None) and apply overrides."""
+    data = _load_yaml_chain(preset_path(path)) if path else {}
+    data = apply_overrides(data, list(overrides or []))
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the full resolved config as YAML (what a run actually used)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
