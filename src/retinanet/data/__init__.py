@@ -1,0 +1,66 @@
+"""Data layer: image reading, COCO and Pascal VOC datasets, transforms, batching.
+
+Item contract: ``(image float32 [3, H, W] RGB 0-1, target)`` with ``target["boxes"]`` float32
+``[n, 4]`` xyxy pixels of the current image, ``labels`` int64 ``[n]`` in ``0..K-1``, ``image_id``,
+``orig_size`` ``(h, w)`` of the file, ``size`` ``(h, w)`` now (see :mod:`retinanet.data.coco`).
+Batches: :func:`collate` -> :class:`Batch` ``(images [B, 3, Hp, Wp] normalized + padded, targets,
+image_sizes)``. Bad data raises :class:`DataError` (a ``ValueError``) naming the file.
+
+Modules: ``image_io`` (load_image), ``coco``, ``voc``, ``transforms``, ``collate`` (batching and a
+reproducible loader), ``errors``; ``synth`` (synthetic scenes) and ``build`` (datasets from a config)
+are imported from their modules directly.
+"""
+
+from .coco import CocoDetection, DetectionDataset, ImageInfo, sanitize_boxes
+from .collate import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    ResumableSampler,
+    build_loader,
+    collate,
+    normalize,
+    set_loader_epoch,
+)
+from .errors import DataError
+from .image_io import get_max_image_pixels, load_image, set_max_image_pixels
+from .transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    ResizeShortestSide,
+    ToTensor,
+    build_transforms,
+    get_output_size,
+    map_boxes_to_original,
+    to_tensor,
+)
+from .voc import VOC_CLASSES, VOCDetection
+
+__all__ = [
+    "DataError",
+    "load_image",
+    "set_max_image_pixels",
+    "get_max_image_pixels",
+    "CocoDetection",
+    "VOCDetection",
+    "VOC_CLASSES",
+    "DetectionDataset",
+    "ImageInfo",
+    "sanitize_boxes",
+    "Compose",
+    "ResizeShortestSide",
+    "RandomHorizontalFlip",
+    "ToTensor",
+    "to_tensor",
+    "get_output_size",
+    "build_transforms",
+    "map_boxes_to_original",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Batch",
+    "collate",
+    "normalize",
+    "build_loader",
+    "ResumableSampler",
+    "set_loader_epoch",
+]

@@ -1,0 +1,74 @@
+"""Build datasets and loaders from a :class:`~retinanet.config.Config`.
+
+``build_dataset(cfg, train)`` returns a COCO or VOC dataset with the training transforms (multi-scale
+resize of the shorter side, horizontal flip) or the test transforms (resize to ``test_min_size``).
+``build_eval_loader`` splits a dataset across processes (rank ``r`` takes images ``r, r + W, ...``)
+and batches it with the same collate as training.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import Config, ConfigError
+from .coco import CocoDetection
+from .collate import collate
+from .transforms import build_transforms
+from .voc import VOC_CLASSES, VOCDetection
+
+__all__ = ["build_dataset", "build_eval_loader"]
+
+
+def _need(value, key: str) -> str:
+    if not value:
+        raise ConfigError(f"{key} is not set")
+    if not Path(value).exists():
+        raise ConfigError(f"{key}: path does not exist: {value}")
+    return value
+
+
+def build_dataset(cfg: Config, train: bool) -> Dataset:
+    """The training (``train=True``) or validation dataset of ``cfg.data``, with its transforms."""
+    d = cfg.data
+    if train:
+        tf = build_transforms(train=True, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob)
+    else:
+        tf = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size, flip_prob=0.0)
+    if d.format == "coco":
+        images = _need(d.train_images if train else d.val_images, f"data.{'train' if train else 'val'}_images")
+        ann = _need(d.train_annotations if train else d.val_annotations,
+                    f"data.{'train' if train else 'val'}_annotations")
+        ds = CocoDetection(images, ann, transforms=tf, skip_bad_images=d.skip_bad_images)
+    else:
+        root = _need(d.voc_root, "data.voc_root")
+        ds = VOCDetection(root, split=d.train_split if train else d.val_split,
+                          class_names=d.class_names or VOC_CLASSES, transforms=tf)
+    k = len(ds.class_names)
+    if k != cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset "
+                          f"({'train' if train else 'val'}) has {k} classes: {list(ds.class_names)[:10]}"
+                          f"{' ...' if k > 10 else ''}. Set model.num_classes={k}.")
+    return ds
+
+
+class _Shard(torch.utils.data.Sampler[int]):
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.idx = list(range(rank, n, world_size))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def build_eval_loader(dataset: Dataset, cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """This process's share of ``dataset`` in batches of ``data.test_batch_size``."""
+    return DataLoader(dataset, batch_size=cfg.data.test_batch_size,
+                      sampler=_Shard(len(dataset), rank, world_size),  # type: ignore[arg-type]
+                      num_workers=cfg.data.num_workers,
+                      collate_fn=functools.partial(collate, size_divisibility=cfg.data.size_divisibility))

@@ -1,0 +1,444 @@
+"""Data layer: COCO/VOC readers, transforms (boxes exact, mapping back), collate, loader reproducibility."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_factory import COCO_EXPECTED, H, W, coco_dict, make_coco, make_voc, pattern_image
+from retinanet.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CocoDetection,
+    Compose,
+    RandomHorizontalFlip,
+    ResizeShortestSide,
+    ResumableSampler,
+    ToTensor,
+    VOC_CLASSES,
+    VOCDetection,
+    build_loader,
+    build_transforms,
+    collate,
+    get_output_size,
+    map_boxes_to_original,
+    normalize,
+    set_loader_epoch,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def coco(tmp_path):
+    image_dir, ann = make_coco(tmp_path)
+    return CocoDetection(image_dir, ann)
+
+
+# ------------------------------------------------------------------------------------------ COCO
+
+
+def test_coco_category_mapping_and_back(coco):
+    assert coco.class_names == ["cat", "dog", "bird"]  # sorted by category id 3, 7, 11
+    assert coco.label_to_category_id == [3, 7, 11]
+    assert coco.category_id_to_label == {3: 0, 7: 1, 11: 2}
+    for label, cid in enumerate(coco.label_to_category_id):
+        assert coco.category_id_to_label[cid] == label
+
+
+def test_coco_items_match_annotations(coco, tmp_path):
+    assert len(coco) == 3
+    for i, (boxes, labels) in COCO_EXPECTED.items():
+        image, target = coco[i]
+        assert image.dtype == torch.float32 and image.shape == (3, H, W)
+        assert target["boxes"].dtype == torch.float32 and target["boxes"].shape == (len(boxes), 4)
+        assert target["labels"].dtype == torch.int64
+        assert target["boxes"].tolist() == boxes
+        assert target["labels"].tolist() == labels
+        assert target["orig_size"] == (H, W) and target["size"] == (H, W)
+    # the image is the file's pixels / 255, channels first
+    _, t0 = coco[0]
+    assert t0["image_id"] == 1
+    img0, _ = coco[0]
+    want = torch.from_numpy(np.array(Image.open(tmp_path / "images" / "a.png"))).permute(2, 0, 1) / 255.0
+    torch.testing.assert_close(img0, want.float(), rtol=0, atol=0)
+
+
+def test_crowd_excluded_from_targets_but_in_coco_gt(coco):
+    _, target = coco[0]
+    assert [30.0, 20.0, 40.0, 30.0] not in target["boxes"].tolist()
+    gt = coco.coco_gt()
+    crowd = [a for a in gt["annotations"] if a["iscrowd"]]
+    assert [(a["id"], a["bbox"], a["category_id"]) for a in crowd] == [(12, [30.0, 20.0, 10.0, 10.0], 3)]
+    assert coco.stats["crowd"] == 1 and coco.stats["boxes"] == 3
+
+
+def test_empty_image_kept(coco):
+    image, target = coco[2]
+    assert image.shape == (3, H, W)
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    assert target["image_id"] == 5 and coco.stats["images_without_boxes"] == 1
+
+
+def test_coco_gt_is_original_and_fills_area(coco):
+    gt = coco.coco_gt()
+    assert [im["id"] for im in gt["images"]] == [1, 2, 5]
+    assert all((im["height"], im["width"]) == (H, W) for im in gt["images"])
+    by_id = {a["id"]: a for a in gt["annotations"]}
+    assert sorted(by_id) == [10, 11, 12, 20]
+    assert by_id[10]["area"] == 300 and by_id[11]["area"] == 64 * 48  # given / filled as w * h
+    assert by_id[20]["bbox"] == [5.5, 6.5, 10.0, 12.0] and by_id[20]["iscrowd"] == 0
+    assert [c["id"] for c in gt["categories"]] == [3, 7, 11]
+
+
+def test_coco_gt_evaluates_targets_mapped_back_to_ap_1(coco):
+    """Detections built from the training targets, mapped label -> category id, score AP 1.0."""
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = coco.coco_api()
+    dets = []
+    for i in range(len(coco)):
+        _, t = coco[i]
+        for (x1, y1, x2, y2), label in zip(t["boxes"].tolist(), t["labels"].tolist()):
+            dets.append({"image_id": t["image_id"], "category_id": coco.label_to_category_id[label],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.9})
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    # a wrong mapping (labels used as category ids) must not score 1.0
+    bad = [dict(d, category_id=coco.category_id_to_label[d["category_id"]] + 100) for d in dets]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev2 = COCOeval(coco_gt, coco_gt.loadRes(bad), "bbox")
+        ev2.evaluate()
+        ev2.accumulate()
+        ev2.summarize()
+    assert ev2.stats[0] <= 0.0
+
+
+def test_coco_class_names_select_and_order(tmp_path, caplog):
+    image_dir, ann = make_coco(tmp_path)
+    ds = CocoDetection(image_dir, ann, class_names=["bird", "cat"])
+    assert ds.label_to_category_id == [11, 3] and ds.category_id_to_label == {11: 0, 3: 1}
+    _, t = ds[0]
+    assert t["boxes"].tolist() == [[10.0, 5.0, 30.0, 20.0]] and t["labels"].tolist() == [1]  # dog ignored
+    assert ds.stats["ignored_category"] == 1
+    gt = ds.coco_gt()
+    assert sorted(c["id"] for c in gt["categories"]) == [3, 11]
+    assert 11 not in {a["id"] for a in gt["annotations"]}
+
+
+def test_image_info(coco, tmp_path):
+    info = coco.image_info(1)
+    assert info.path == str(tmp_path / "images" / "b.png")
+    assert (info.height, info.width, info.image_id, info.file_name) == (H, W, 2, "b.png")
+    assert coco.image_info(-1).image_id == 5
+    with pytest.raises(IndexError):
+        coco.image_info(3)
+
+
+def test_coco_missing_size_read_from_file(tmp_path):
+    data = coco_dict()
+    for im in data["images"]:
+        del im["width"], im["height"]
+    image_dir, ann = make_coco(tmp_path, data)
+    ds = CocoDetection(image_dir, ann)
+    assert ds.image_info(0)[1:3] == (H, W)
+    assert ds.coco_gt()["images"][0]["width"] == W
+
+
+# ------------------------------------------------------------------------------------------ VOC
+
+
+def test_voc_one_based_conversion_and_difficult(tmp_path):
+    root = make_voc(tmp_path)
+    ds = VOCDetection(root, "train")
+    assert len(ds) == 3 and ds.class_names == list(VOC_CLASSES)
+    assert ds.label_to_category_id == list(range(1, 21))
+    dog, person, cat = VOC_CLASSES.index("dog"), VOC_CLASSES.index("person"), VOC_CLASSES.index("cat")
+    _, t = ds[0]
+    assert t["boxes"].tolist() == [[10.0, 5.0, 30.0, 20.0], [0.0, 0.0, 64.0, 48.0]]  # xmin-1, ymin-1, xmax, ymax
+    assert t["labels"].tolist() == [dog, person]
+    _, t = ds[1]
+    assert t["boxes"].tolist() == [[4.0, 4.0, 10.0, 10.0]] and t["labels"].tolist() == [cat]  # difficult excluded
+    _, t = ds[2]
+    assert t["boxes"].shape == (0, 4)
+    assert ds.stats["difficult"] == 1
+    gt = ds.coco_gt()
+    diff = [a for a in gt["annotations"] if a["iscrowd"]]
+    assert [(a["bbox"], a["category_id"]) for a in diff] == [([20.0, 10.0, 20.0, 20.0], cat + 1)]
+    assert len(gt["annotations"]) == 4 and gt["categories"][0] == {"id": 1, "name": "aeroplane"}
+
+    ds2 = VOCDetection(root, "train", use_difficult=True)
+    _, t = ds2[1]
+    assert t["boxes"].tolist() == [[20.0, 10.0, 40.0, 30.0], [4.0, 4.0, 10.0, 10.0]]
+    assert sum(a["iscrowd"] for a in ds2.coco_gt()["annotations"]) == 1  # still ignored in evaluation
+
+    val = VOCDetection(root, "val", class_names=VOC_CLASSES)
+    assert len(val) == 1 and val.image_info(0).file_name == "000001.jpg"
+
+
+def test_voc_custom_class_list(tmp_path):
+    root = make_voc(tmp_path)
+    ds = VOCDetection(root, "train", class_names=["person", "dog", "cat"])
+    assert ds.label_to_category_id == [1, 2, 3]
+    _, t = ds[0]
+    assert t["labels"].tolist() == [1, 0]
+
+
+# ------------------------------------------------------------------------------------------ transforms
+
+
+def test_output_size_rule():
+    assert get_output_size(480, 640, 500, 1333) == (500, 667)  # 666.67 rounds up
+    assert get_output_size(333, 500, 800, 1333) == (800, 1201)  # 1201.2
+    assert get_output_size(48, 64, 800, 1000) == (750, 1000)  # capped by max_size
+    assert get_output_size(2, 3, 3, None) == (3, 5)  # 4.5 rounds half up
+    assert get_output_size(64, 48, 96, 1333) == (128, 96)  # portrait
+
+
+def test_resize_boxes_exact_and_map_back():
+    img = pattern_image()
+    boxes = torch.tensor([[10.0, 5.0, 30.0, 20.0], [0.0, 0.0, 64.0, 48.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([0, 1]), "orig_size": (H, W), "size": (H, W)}
+    out, t = ResizeShortestSide(800, 1000)(img, target)
+    assert out.shape == (750, 1000, 3) and t["size"] == (750, 1000)
+    # 1000 / 64 = 750 / 48 = 15.625
+    assert t["boxes"].tolist() == [[156.25, 78.125, 468.75, 312.5], [0.0, 0.0, 1000.0, 750.0]]
+    assert t["scale"] == (15.625, 15.625)
+    assert target["boxes"] is boxes and target["size"] == (H, W)  # input target untouched
+    torch.testing.assert_close(map_boxes_to_original(t["boxes"], t), boxes)
+
+    # unequal axis factors from rounding: 480x640 -> 500x667
+    t2 = {"boxes": torch.tensor([[64.0, 48.0, 640.0, 480.0]]), "orig_size": (480, 640), "size": (480, 640)}
+    _, r = ResizeShortestSide(500, 1333)(np.zeros((480, 640, 3), np.uint8), t2)
+    torch.testing.assert_close(r["boxes"], torch.tensor([[64 * 667 / 640, 48 * 500 / 480, 667.0, 500.0]]))
+    torch.testing.assert_close(map_boxes_to_original(r["boxes"], r), t2["boxes"])
+
+
+def test_map_back_clips_to_original():
+    t = {"orig_size": (48, 64), "size": (96, 128)}
+    out = map_boxes_to_original(torch.tensor([[-10.0, 20.0, 140.0, 100.0]]), t)
+    assert out.tolist() == [[0.0, 10.0, 64.0, 48.0]]
+
+
+def test_flip_boxes_and_pixels_exact():
+    img = pattern_image()
+    target = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]]), "orig_size": (H, W), "size": (H, W)}
+    out, t = RandomHorizontalFlip(p=1.0)(img, target)
+    assert t["boxes"].tolist() == [[34.0, 5.0, 54.0, 20.0]] and t["flipped"] is True
+    np.testing.assert_array_equal(out, img[:, ::-1])
+    timg = torch.from_numpy(img).permute(2, 0, 1).float()
+    tout, t_t = RandomHorizontalFlip(p=1.0)(timg, target)
+    torch.testing.assert_close(tout, timg.flip(-1))
+    assert t_t["boxes"].tolist() == t["boxes"].tolist()
+    # flip twice = identity; a flipped prediction maps back to the file's pixels
+    _, tt = RandomHorizontalFlip(p=1.0)(out, t)
+    assert tt["boxes"].tolist() == [[10.0, 5.0, 30.0, 20.0]] and tt["flipped"] is False
+    assert map_boxes_to_original(t["boxes"], t).tolist() == [[10.0, 5.0, 30.0, 20.0]]
+    # p = 0 never flips
+    _, t0 = RandomHorizontalFlip(p=0.0)(img, target)
+    assert "flipped" not in t0
+
+
+def test_resize_then_flip_maps_back():
+    img = pattern_image()
+    boxes = torch.tensor([[10.0, 5.0, 30.0, 20.0]])
+    tf = Compose([ResizeShortestSide(96, 1333), RandomHorizontalFlip(1.0), ToTensor()])
+    image, t = tf(img, {"boxes": boxes, "orig_size": (H, W), "size": (H, W)})
+    assert image.shape == (3, 96, 128)
+    assert t["boxes"].tolist() == [[128 - 60.0, 10.0, 128 - 20.0, 40.0]]
+    torch.testing.assert_close(map_boxes_to_original(t["boxes"], t), boxes)
+
+
+def test_resize_numpy_and_tensor_paths_agree():
+    """Pillow (uint8) and torch (float) resizes agree to ~1/255 even on noise, which needs both to
+    antialias when downscaling (plain bilinear sampling of noise differs by far more)."""
+    img = pattern_image(seed=3)
+    for short in (24, 96):  # down and up
+        a, _ = ResizeShortestSide(short, None)(img, {})
+        b, _ = ResizeShortestSide(short, None)(torch.from_numpy(img).permute(2, 0, 1).float() / 255, {})
+        diff = (torch.from_numpy(a).permute(2, 0, 1).float() / 255 - b).abs()
+        assert a.shape[:2] == tuple(b.shape[1:]) == (short, short * 4 // 3)
+        assert float(diff.max()) < 0.01, (short, float(diff.max()))
+
+
+def test_multiscale_choice_seeded():
+    def sizes(seed):
+        r = ResizeShortestSide((32, 40, 48), 1333, seed=seed)
+        return [r(pattern_image(), {})[1]["size"][0] for _ in range(30)]
+
+    assert sizes(0) == sizes(0)
+    assert set(sizes(0)) == {32, 40, 48}
+    assert sizes(0) != sizes(1)
+
+
+def test_build_transforms():
+    tr = build_transforms(True, (40, 48), 100, 0.5)
+    image, t = tr(pattern_image(), {"boxes": torch.zeros(0, 4), "orig_size": (H, W), "size": (H, W)})
+    assert image.dtype == torch.float32 and image.shape[1] in (40, 48) and float(image.max()) <= 1.0
+    ev = build_transforms(False, 24, 100)
+    image, t = ev(pattern_image(), {"orig_size": (H, W)})
+    assert image.shape == (3, 24, 32) and t["scale"] == (0.5, 0.5)
+    with pytest.raises(ValueError, match="one test size"):
+        build_transforms(False, (24, 32), 100)
+    with pytest.raises(ValueError, match="min_size"):
+        ResizeShortestSide(0)
+
+
+def test_dataset_with_transforms(tmp_path):
+    image_dir, ann = make_coco(tmp_path)
+    ds = CocoDetection(image_dir, ann, transforms=build_transforms(False, 96, 1333))
+    image, t = ds[0]
+    assert image.shape == (3, 96, 128) and t["orig_size"] == (H, W)
+    assert t["boxes"].tolist() == [[20.0, 10.0, 60.0, 40.0], [0.0, 0.0, 128.0, 96.0]]
+
+
+# ------------------------------------------------------------------------------------------ collate
+
+
+def test_collate_shapes_normalization_padding():
+    a = torch.rand(3, 48, 64)
+    b = torch.rand(3, 130, 30)
+    batch = collate([(a, {"k": 0}), (b, {"k": 1})])
+    assert batch.images.shape == (2, 3, 256, 128)
+    assert batch.image_sizes == [(48, 64), (130, 30)]
+    assert [t["k"] for t in batch.targets] == [0, 1]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(batch.images[0, :, :48, :64], (a - mean) / std)
+    torch.testing.assert_close(batch.images[1, :, :130, :30], (b - mean) / std)
+    assert batch.images[0, :, 48:].abs().sum() == 0 and batch.images[0, :, :, 64:].abs().sum() == 0
+    assert batch.images[1, :, 130:].abs().sum() == 0 and batch.images[1, :, :, 30:].abs().sum() == 0
+    # hand values: a mid-grey pixel
+    g = collate([(torch.full((3, 2, 2), 0.5), {})], size_divisibility=1).images
+    assert g.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(g[0, :, 0, 0], torch.tensor([(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224,
+                                                            (0.5 - 0.406) / 0.225]))
+    images, targets, sizes = batch  # unpacks like a tuple
+    assert images is batch.images and sizes == batch.image_sizes
+    # exact multiples stay as they are; uint8 images are scaled by 1/255
+    u = collate([(torch.full((3, 128, 256), 255, dtype=torch.uint8), {})]).images
+    assert u.shape == (1, 3, 128, 256)
+    torch.testing.assert_close(u[0, :, 0, 0], (1 - mean.view(3)) / std.view(3))
+    with pytest.raises(ValueError, match="empty batch"):
+        collate([])
+    with pytest.raises(TypeError, match="item 0"):
+        collate([(torch.rand(1, 4, 4), {})])
+
+
+def test_normalize_matches_collate():
+    x = torch.rand(2, 3, 5, 7)
+    want = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(normalize(x), want)
+    y = x.clone()
+    assert normalize(y, inplace=True) is y
+    torch.testing.assert_close(y, want)
+
+
+# ------------------------------------------------------------------------------------------ loader
+
+
+class _Flips(torch.utils.data.Dataset):
+    """Index i -> box [i, 0, i + 1, 1] on a 4x32 image, randomly flipped: the flip shows in the box
+    (flipped: x1 = 31 - i >= 16; not flipped: x1 = i < 16)."""
+
+    def __init__(self, n: int = 10) -> None:
+        self.n = n
+        self.tf = Compose([RandomHorizontalFlip(0.5), ToTensor()])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        t = {"boxes": torch.tensor([[float(i), 0.0, i + 1.0, 1.0]]), "orig_size": (4, 32), "size": (4, 32)}
+        return self.tf(np.zeros((4, 32, 3), np.uint8), t)
+
+
+def _boxes(loader):
+    return [b.targets[j]["boxes"][0].tolist() for b in loader for j in range(len(b.targets))]
+
+
+def test_loader_reproducible_and_resumable():
+    ds = _Flips(10)
+    run = lambda: _boxes(build_loader(ds, 3, shuffle=True, num_workers=0, seed=5))  # noqa: E731
+    first = run()
+    assert first == run()
+    assert len(first) == 10
+    starts = sorted(min(b[0], 32 - b[2]) for b in first)  # undo the flip: every index exactly once
+    assert starts == [float(i) for i in range(10)]
+    flipped = [b[0] >= 16 for b in first]
+    assert 0 < sum(flipped) < 10  # some flipped, some not (seeded: deterministic)
+
+    loader = build_loader(ds, 3, shuffle=True, num_workers=0, seed=5)
+    set_loader_epoch(loader, 1)
+    epoch1 = _boxes(loader)
+    assert epoch1 != first
+    set_loader_epoch(loader, 1, start_batch=2)
+    assert len(loader) == 2  # 4 samples left -> batches of 3 and 1
+    assert _boxes(loader) == epoch1[6:]  # same order AND same flips after resuming
+    # the training RNG of the main process is not disturbed by per-item seeding
+    torch.manual_seed(0)
+    a = torch.rand(3)
+    torch.manual_seed(0)
+    _boxes(loader)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_loader_same_with_workers():
+    ds = _Flips(6)
+    no_workers = _boxes(build_loader(ds, 2, shuffle=True, num_workers=0, seed=1))
+    with_worker = _boxes(build_loader(ds, 2, shuffle=True, num_workers=1, seed=1))
+    assert no_workers == with_worker
+
+
+def test_sampler_shards_cover_dataset():
+    shards = [list(ResumableSampler(7, shuffle=True, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 4
+    idx = [i for s in shards for i, _ in s]
+    assert set(idx) == set(range(7)) and len(idx) == 8  # padded by one repeat
+    seeds = {i: s for sh in shards for i, s in sh}
+    single = dict(ResumableSampler(7, shuffle=True, seed=3))
+    assert all(single[i] == s for i, s in seeds.items())  # item seeds do not depend on sharding
+    with pytest.raises(ValueError, match="empty"):
+        ResumableSampler(0)
+
+
+def test_loader_batches_real_dataset(tmp_path):
+    image_dir, ann = make_coco(tmp_path)
+    ds = CocoDetection(image_dir, ann, transforms=build_transforms(True, (40, 48), 200, 0.5))
+    loader = build_loader(ds, 2, shuffle=False, num_workers=0, seed=0)
+    batches = list(loader)
+    assert [len(b.targets) for b in batches] == [2, 1]
+    assert batches[0].images.shape[-2:] == (128, 128)
+    assert loader.dataset.class_names == ["cat", "dog", "bird"]  # forwarded to the dataset
+    assert callable(loader.dataset.coco_gt)
+
+
+def test_datasets_pickle_for_spawned_workers(tmp_path):
+    import pickle
+
+    from retinanet.data.collate import _SeededItems
+
+    image_dir, ann = make_coco(tmp_path / "coco")
+    coco = CocoDetection(image_dir, ann, transforms=build_transforms(True, (40, 48), 200, 0.5))
+    voc = VOCDetection(make_voc(tmp_path / "voc"), "train")
+    for ds in (coco, voc):
+        copy = pickle.loads(pickle.dumps(_SeededItems(ds)))
+        assert len(copy) == len(ds) and copy.class_names == ds.class_names
+        torch.testing.assert_close(copy[(0, 123)][0], _SeededItems(ds)[(0, 123)][0])
+
+
+def test_logging_quiet_for_clean_data(tmp_path, caplog):
+    image_dir, ann = make_coco(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="retinanet.data"):
+        CocoDetection(image_dir, ann)
+    assert caplog.records == []
