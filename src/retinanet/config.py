@@ -109,6 +109,7 @@ class DataConfig:
     min_size: tuple[int, ...] = (800,)  # shorter side; several values = multi-scale training
     max_size: int = 1333
     test_min_size: int = 800
+    test_batch_size: int = 2  # images per process during evaluation and prediction
     flip_prob: float = 0.5
     size_divisibility: int = 128
     num_workers: int = 2
@@ -316,6 +317,7 @@ def validate(cfg: Config) -> None:
     _check(len(d.min_size) >= 1 and all(x > 0 for x in d.min_size), "data.min_size", "must be positive sizes", d.min_size)
     _check(d.max_size >= max(d.min_size), "data.max_size", "must be >= every data.min_size", d.max_size)
     _check(d.test_min_size > 0, "data.test_min_size", "must be > 0", d.test_min_size)
+    _check(d.test_batch_size >= 1, "data.test_batch_size", "must be >= 1", d.test_batch_size)
     _check(0 <= d.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]", d.flip_prob)
     _check(d.size_divisibility > 0 and d.size_divisibility % 128 == 0, "data.size_divisibility",
            "must be a positive multiple of 128 so that P3..P7 align", d.size_divisibility)

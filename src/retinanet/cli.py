@@ -1,0 +1,249 @@
+"""Command line: ``retinanet train | eval | predict | export | demo | data synth | presets``.
+
+    retinanet train CONFIG [section.key=value ...] [--resume]
+    retinanet eval CONFIG --weights CKPT [section.key=value ...]
+    retinanet predict --weights CKPT INPUT [INPUT ...] [--out DIR] [--score-thresh 0.3]
+    retinanet export --weights CKPT --out model.pt [--format torchscript|onnx]
+    retinanet demo [--out DIR] [--quick]
+    retinanet data synth --out DIR [--train N --val N --size H W --seed S]
+
+CONFIG is a YAML file or the name of a packaged preset (``retinanet presets`` lists them). Under
+``torchrun --nproc_per_node N -m retinanet train ...`` training and evaluation run distributed.
+Errors from bad configs, data or checkpoints are printed as one clear line (exit code 2), not a
+traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+log = logging.getLogger("retinanet")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from .engine import distributed as du
+    level = logging.DEBUG if verbose else logging.INFO
+    if not du.is_main():
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.runtime import configure_runtime
+    from .engine.trainer import Trainer
+    cfg = load_config(args.config, args.overrides)
+    if args.output_dir:
+        cfg.train.output_dir = args.output_dir
+    configure_runtime(args.malloc)
+    result = Trainer(cfg, resume=args.resume, progress=not args.no_progress).train()
+    from .engine import distributed as du
+    if du.is_main():
+        state = "stopped early" if result.stopped_early else "finished"
+        print(f"training {state} at iteration {result.iteration}; checkpoint: {result.final_checkpoint}")
+        if result.metrics:
+            print(_metrics_line(result.metrics))
+    du.cleanup()
+    return 0
+
+
+def _metrics_line(m: dict) -> str:
+    keys = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    return "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.build import build_dataset, build_eval_loader
+    from .engine import distributed as du
+    from .engine.checkpoint import load_checkpoint, load_model_state
+    from .engine.inference import evaluate
+    from .engine.runtime import configure_runtime
+    from .engine.trainer import resolve_device
+    from .modeling.retinanet import RetinaNet
+    configure_runtime(args.malloc)
+    cfg = load_config(args.config, args.overrides)
+    cfg.model.backbone.weights = None
+    device = resolve_device(cfg.train.device)
+    du.init_distributed(device)
+    dataset = build_dataset(cfg, train=False)
+    model = RetinaNet(cfg.model).to(device)
+    state = load_checkpoint(args.weights)
+    load_model_state(model, state.get("model", state))
+    loader = build_eval_loader(dataset, cfg, rank=du.rank(), world_size=du.world_size())
+    out = Path(args.out or Path(args.weights).parent)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(model, loader, dataset, device, results_path=out / "detections.json",
+                       progress=not args.no_progress)
+    if du.is_main():
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(_metrics_line(metrics))
+        print(f"detections: {out / 'detections.json'}  metrics: {out / 'metrics.json'}")
+    du.cleanup()
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .data.image_io import load_image
+    from .engine.evaluator import detections_to_coco_results
+    from .engine.predictor import Predictor, find_images
+    from .viz import draw_detections
+    paths = find_images(args.inputs)
+    if not paths:
+        raise ValueError(f"no images found in {args.inputs}")
+    pred = Predictor(args.weights, config=args.config, device=args.device, score_thresh=args.score_thresh)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, det in enumerate(pred.predict_many(paths, batch_size=args.batch_size, progress=not args.no_progress)):
+        path = paths[i]
+        results.extend({**r, "file_name": str(path)} for r in detections_to_coco_results(
+            [det], [i], pred.label_to_category_id))
+        if not args.no_draw:
+            img = draw_detections(load_image(path), det["boxes"], det["labels"], det["scores"],
+                                  class_names=pred.class_names, score_thresh=args.draw_thresh)
+            img.save(out / f"{path.stem}_pred.png")
+    (out / "predictions.json").write_text(json.dumps(results))
+    print(f"{len(paths)} images, {len(results)} detections -> {out / 'predictions.json'}"
+          + ("" if args.no_draw else f" and {out}/*_pred.png"))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export_model
+    path = export_model(args.weights, args.out, fmt=args.format, config=args.config, height=args.height,
+                        width=args.width)
+    print(f"exported {args.format} model to {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .engine.demo import run_demo
+    from .engine.runtime import configure_runtime
+    configure_runtime(args.malloc)
+    run_demo(out_dir=args.out, quick=args.quick, overrides=args.overrides, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synth import make_synthetic_coco
+    summary = make_synthetic_coco(args.out, num_train=args.train, num_val=args.val,
+                                  image_size=tuple(args.size), seed=args.seed, objects=args.objects)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .config import list_presets, preset_path
+    for name in list_presets():
+        first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:36s} {first}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retinanet", description="RetinaNet with the Focal Loss: train, evaluate, "
+                                "predict, export.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, malloc=True):
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if malloc:
+            sp.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                            help="keep: freed memory stays in the process for reuse (faster on VMs that "
+                                 "return freed pages to the host); default: the C library's behaviour")
+
+    t = sub.add_parser("train", help="train a detector")
+    t.add_argument("config", help="YAML file or preset name")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output dir")
+    t.add_argument("--output-dir", help="same as train.output_dir=...")
+    common(t)
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="COCO AP of a checkpoint on the validation set")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--weights", required=True)
+    e.add_argument("--out", help="folder for detections.json and metrics.json (default: the checkpoint's)")
+    common(e)
+    e.set_defaults(fn=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="detect objects in images, a list file or folders")
+    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("--weights", required=True)
+    pr.add_argument("--config", help="config for checkpoints that carry none")
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--score-thresh", type=float, default=None, help="model score threshold")
+    pr.add_argument("--draw-thresh", type=float, default=0.3, help="only draw boxes above this score")
+    pr.add_argument("--batch-size", type=int, default=2)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--no-draw", action="store_true")
+    common(pr, malloc=False)
+    pr.set_defaults(fn=_cmd_predict)
+
+    x = sub.add_parser("export", help="export for deployment (TorchScript or ONNX)")
+    x.add_argument("--weights", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    x.add_argument("--config")
+    x.add_argument("--height", type=int, default=512)
+    x.add_argument("--width", type=int, default=512)
+    x.set_defaults(fn=_cmd_export)
+
+    d = sub.add_parser("demo", help="build the synthetic dataset, train, evaluate and draw (CPU, minutes)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--quick", action="store_true", help="a ~1 minute version (for tests)")
+    d.add_argument("overrides", nargs="*")
+    common(d)
+    d.set_defaults(fn=_cmd_demo)
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write the synthetic scenes dataset in COCO format")
+    s.add_argument("--out", required=True)
+    s.add_argument("--train", type=int, default=1000)
+    s.add_argument("--val", type=int, default=200)
+    s.add_argument("--size", type=int, nargs=2, default=[320, 320], metavar=("H", "W"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--objects", default="shapes", choices=["shapes", "fashion-mnist", "mnist"])
+    s.set_defaults(fn=_cmd_synth)
+
+    ps = sub.add_parser("presets", help="list the packaged config presets")
+    ps.set_defaults(fn=_cmd_presets)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.debug:
+        return args.fn(args)
+    from .config import ConfigError
+    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import TrainingDiverged
+    try:
+        from .data.errors import DataError
+    except ImportError:  # pragma: no cover
+        DataError = ValueError  # type: ignore
+    try:
+        return args.fn(args)
+    except (ConfigError, CheckpointError, DataError, TrainingDiverged, FileNotFoundError, ValueError) as e:
+        print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"retinanet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

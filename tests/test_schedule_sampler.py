@@ -1,0 +1,78 @@
+"""Learning-rate schedule and the deterministic, resumable, shardable data order."""
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from retinanet.data.sampler import SeededDataset, TrainBatchSampler, sample_seed
+from retinanet.engine.trainer import lr_at
+
+
+def test_paper_schedule():
+    kw = dict(base_lr=0.01, max_iter=90000, warmup_iters=1000, warmup_factor=0.001, steps=(2 / 3, 8 / 9), gamma=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.01 * 0.001)
+    assert lr_at(500, **kw) == pytest.approx(0.01 * (0.001 * 0.5 + 0.5))
+    assert lr_at(1000, **kw) == pytest.approx(0.01)
+    assert lr_at(59999, **kw) == pytest.approx(0.01)
+    assert lr_at(60000, **kw) == pytest.approx(0.001)
+    assert lr_at(79999, **kw) == pytest.approx(0.001)
+    assert lr_at(80000, **kw) == pytest.approx(0.0001)
+    assert lr_at(89999, **kw) == pytest.approx(0.0001)
+
+
+def _take(sampler, n):
+    return list(itertools.islice(iter(sampler), n))
+
+
+def test_two_processes_split_the_one_process_batch():
+    one = _take(TrainBatchSampler(37, 8, seed=3), 12)
+    r0 = _take(TrainBatchSampler(37, 8, seed=3, rank=0, world_size=2), 12)
+    r1 = _take(TrainBatchSampler(37, 8, seed=3, rank=1, world_size=2), 12)
+    for g, a, b in zip(one, r0, r1):
+        assert len(a) == len(b) == 4
+        assert a + b == g
+
+
+def test_epochs_are_permutations_and_differ():
+    s = TrainBatchSampler(40, 8, seed=0)
+    batches = _take(s, 10)  # 5 batches per epoch
+    e0 = sorted(i for b in batches[:5] for i, e in b)
+    e1 = [i for b in batches[5:] for i, e in b]
+    assert e0 == list(range(40))
+    assert sorted(e1) == list(range(40)) and e1 != [i for b in batches[:5] for i, e in b]
+    assert {e for b in batches[:5] for _, e in b} == {0} and {e for b in batches[5:] for _, e in b} == {1}
+
+
+def test_resume_continues_the_same_order():
+    full = _take(TrainBatchSampler(23, 4, seed=1, max_iter=20), 20)
+    resumed = _take(TrainBatchSampler(23, 4, seed=1, start_iter=13, max_iter=20), 100)
+    assert resumed == full[13:]
+    assert len(TrainBatchSampler(23, 4, start_iter=13, max_iter=20)) == 7
+
+
+def test_tiny_dataset_and_bad_batch():
+    b = _take(TrainBatchSampler(3, 8), 2)
+    assert all(len(x) == 8 for x in b)
+    with pytest.raises(ValueError, match="divisible"):
+        TrainBatchSampler(10, 3, world_size=2)
+    with pytest.raises(ValueError, match="empty"):
+        TrainBatchSampler(0, 2)
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return (i, random.random(), torch.rand(1).item())
+
+
+def test_seeded_dataset_makes_augmentation_a_function_of_the_sample():
+    ds = SeededDataset(_RandomItems(), seed=5)
+    a = ds[(3, 1)]
+    random.random(), torch.rand(5)  # unrelated draws in between change nothing
+    assert ds[(3, 1)] == a
+    assert ds[(3, 2)] != a and ds[(4, 1)] != a
+    assert sample_seed(5, 1, 3) != sample_seed(5, 3, 1)
