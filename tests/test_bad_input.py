@@ -1,9 +1,12 @@
-"""Bad-input corpus of the data layer: every case gives a clear DataError naming the file (and the
-field / annotation id), or a counted, logged drop or skip. docs/bad-input.md lists the same cases."""
+"""Bad-input corpus: images and annotations (a clear DataError naming the file and the field /
+annotation id, or a counted, logged drop or skip), configs (ConfigError naming the file and the key),
+checkpoints (CheckpointError naming the file; pickled code never runs) and the command line (one
+line on stderr, exit code 2). docs/bad-input.md lists the same cases with the test of each."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +25,14 @@ from data_factory import (
     write_exif_rotated_jpeg,
     write_truncated,
 )
+from model_factory import make_checkpoint
+from retinanet.cli import main
+from retinanet.config import ConfigError, load_config
 from retinanet.data import CocoDetection, DataError, VOCDetection, build_transforms, load_image, set_max_image_pixels
 from retinanet.data import image_io
+from retinanet.data.build import build_dataset
+from retinanet.engine.checkpoint import CheckpointError, StateDictMismatchError, UnsafeCheckpointError
+from retinanet.engine.predictor import Predictor
 
 torch.set_num_threads(1)
 
@@ -442,3 +451,237 @@ def test_voc_degenerate_box_dropped(tmp_path, caplog):
     assert ds.stats["dropped_nonpositive"] == 1 and ds.stats["clipped"] == 1
     assert ds[0][1]["boxes"].tolist() == [[59.0, 39.0, 64.0, 48.0]]
     assert any("000001.xml object 0" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------ configs
+# Every message names the file (when the key was set in one) and the key; through the CLI every bad
+# input below is one line on stderr, exit code 2, no traceback.
+
+
+def _config_error(fn, *parts) -> str:
+    with pytest.raises(ConfigError) as ei:
+        fn()
+    msg = str(ei.value)
+    for p in parts:
+        assert str(p) in msg, f"{p!r} not in {msg!r}"
+    assert "\n" not in msg
+    return msg
+
+
+def _cli_error(capsys, *argv) -> str:
+    """Run the CLI; assert exit code 2 and one line on stderr without a traceback; return the line."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"retinanet {argv[0]}: error: ")
+    return lines[0]
+
+
+def _image(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pattern_image()).save(folder / "ok.png")
+    return folder / "ok.png"
+
+
+def _yaml(tmp_path, text: str, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("model:\n  num_clases: 3\n", ["unknown config key 'model.num_clases'", "Did you mean 'num_classes'?"]),
+    ("sovler:\n  base_lr: 0.1\n", ["unknown config key 'sovler'", "Did you mean 'solver'?"]),
+    ("solver:\n  base_lr: fast\n", ["solver.base_lr: expected a number, got 'fast'"]),
+    ("model: 3\n", ["model: expected a mapping of ModelConfig fields, got 3"]),
+    ("data:\n  min_size: [800, big]\n", ["data.min_size[1]: expected an integer, got 'big'"]),
+    ("model:\n  allow_low_quality_matches: maybe\n", ["model.allow_low_quality_matches: expected true or false"]),
+    ("solver:\n  base_lr: -0.01\n", ["solver.base_lr: must be a positive number (got -0.01)"]),
+    ("model:\n  score_thresh: 1.5\n", ["model.score_thresh: must be in [0, 1] (got 1.5)"]),
+    ("data:\n  size_divisibility: 96\n", ["data.size_divisibility: must be a positive multiple of 128", "(got 96)"]),
+    ("data:\n  min_size: [800]\n  max_size: 600\n", ["data.max_size: must be >= every data.min_size (got 600)"]),
+])
+def test_config_file_errors_name_the_file_and_the_key(tmp_path, text, parts):
+    path = _yaml(tmp_path, text)
+    msg = _config_error(lambda: load_config(str(path)), *parts)
+    assert msg.startswith(f"{path}: ")
+
+
+def test_config_override_errors_name_the_override_key(tmp_path):
+    path = _yaml(tmp_path, "model:\n  num_classes: 3\n")
+    msg = _config_error(lambda: load_config(str(path), ["solver.base_lr=-1"]),
+                        "solver.base_lr: must be a positive number (got -1")
+    assert not msg.startswith(str(path))  # the file is fine: the override is at fault
+
+
+def test_config_paths_that_do_not_exist(tmp_path):
+    _config_error(lambda: load_config(str(tmp_path / "nope.yaml")), "config file not found", "nope.yaml")
+    child = _yaml(tmp_path, "base: parent_missing.yaml\nmodel:\n  num_classes: 2\n")
+    _config_error(lambda: load_config(str(child)), str(child), "base: config file not found: parent_missing.yaml")
+    bad = _yaml(tmp_path, "model: [1, 2\n", "bad.yaml")
+    _config_error(lambda: load_config(str(bad)), f"{bad}: not valid YAML at line 2, column 1")
+    # data paths are checked when the dataset is built, before any training, naming the key
+    cfg = load_config(None, ["data.train_images=" + str(tmp_path / "imgs"),
+                             "data.train_annotations=" + str(tmp_path / "ann.json")])
+    _config_error(lambda: build_dataset(cfg, train=True), "data.train_images: path does not exist",
+                  tmp_path / "imgs")
+    (tmp_path / "imgs").mkdir()
+    _config_error(lambda: build_dataset(cfg, train=True), "data.train_annotations: path does not exist",
+                  tmp_path / "ann.json")
+
+
+def test_num_classes_that_does_not_match_the_data(tmp_path):
+    image_dir, ann = make_coco(tmp_path)
+    cfg = load_config(None, [f"data.train_images={image_dir}", f"data.train_annotations={ann}",
+                             "model.num_classes=5"])
+    _config_error(lambda: build_dataset(cfg, train=True),
+                  "model.num_classes=5 but the dataset (train) has 3 classes: ['cat', 'dog', 'bird']. "
+                  "Set model.num_classes=3.")
+
+
+def test_missing_size_and_unreadable_image_names_entry_and_file(tmp_path):
+    data = coco_dict()
+    del data["images"][1]["width"], data["images"][1]["height"]
+    image_dir, ann = make_coco(tmp_path, data)
+    (image_dir / "b.png").write_text("not a png")
+    _raises(lambda: CocoDetection(image_dir, ann), f"{ann}: images[1] (id 2): the image size is not given and "
+            f"{image_dir / 'b.png'} cannot be opened")
+
+
+def test_cli_train_with_bad_config_is_one_line(tmp_path, capsys):
+    path = _yaml(tmp_path, "solver:\n  base_rl: 0.1\n")
+    line = _cli_error(capsys, "train", path, "--malloc", "default", "--no-progress")
+    assert f"{path}: unknown config key 'solver.base_rl'. Did you mean 'base_lr'?" in line
+    line = _cli_error(capsys, "train", path.with_name("missing.yaml"), "--malloc", "default")
+    assert "config file not found" in line and "missing.yaml" in line
+    ok = _yaml(tmp_path, f"data:\n  train_images: {tmp_path / 'no_images'}\n"
+                         f"  train_annotations: {tmp_path / 'no.json'}\ntrain:\n  output_dir: {tmp_path / 'run'}\n",
+               "paths.yaml")
+    line = _cli_error(capsys, "train", ok, "--malloc", "default", "--no-progress")
+    assert f"data.train_images: path does not exist: {tmp_path / 'no_images'}" in line
+
+
+def test_cli_train_with_missing_backbone_weights_names_the_file(tmp_path, capsys):
+    image_dir, ann = make_coco(tmp_path / "coco")
+    weights = tmp_path / "resnet18_imagenet.pth"
+    cfg = _yaml(tmp_path, f"model:\n  num_classes: 3\n  backbone: {{name: resnet18, weights: {weights}}}\n"
+                          f"data:\n  train_images: {image_dir}\n  train_annotations: {ann}\n  num_workers: 0\n"
+                          f"train:\n  output_dir: {tmp_path / 'run'}\n  device: cpu\n")
+    line = _cli_error(capsys, "train", cfg, "--malloc", "default", "--no-progress")
+    assert "weights file not found" in line and str(weights) in line
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("bad_ckpt") / "model_final.pth")
+
+
+class _Evil:
+    """Unpickling this calls open(marker, "w"): it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_truncated_checkpoint(tiny_ckpt, tmp_path, capsys):
+    data = tiny_ckpt.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated") as ei:
+        Predictor(cut, device="cpu")
+    assert str(cut) in str(ei.value)
+    line = _cli_error(capsys, "predict", "--weights", cut, _image(tmp_path / "imgs"), "--out", tmp_path / "o",
+                      "--no-progress")
+    assert f"checkpoint {cut} cannot be loaded" in line and "truncated" in line
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    line = _cli_error(capsys, "export", "--weights", empty, "--out", tmp_path / "m.pt")
+    assert f"checkpoint {empty} is empty (0 bytes)" in line
+    line = _cli_error(capsys, "export", "--weights", tmp_path / "gone.pth", "--out", tmp_path / "m.pt")
+    assert f"checkpoint {tmp_path / 'gone.pth'} does not exist" in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_wrong_architecture_lists_the_keys_that_differ(tiny_ckpt, tmp_path, capsys):
+    more_classes = _yaml(tmp_path, "model:\n  num_classes: 5\n  backbone: {name: resnet18, weights: null}\n"
+                                   "  fpn_channels: 32\n  head_convs: 1\n", "five.yaml")
+    with pytest.raises(StateDictMismatchError) as ei:
+        Predictor(tiny_ckpt, config=str(more_classes), device="cpu")
+    msg = str(ei.value)
+    # 9 anchors x 3 classes in the file, 9 x 5 in the model; nothing else differs
+    assert ("shape mismatches: head.classification_head.cls_logits.weight: checkpoint [27, 32, 3, 3] vs model "
+            "[45, 32, 3, 3], head.classification_head.cls_logits.bias: checkpoint [27] vs model [45]") in msg
+    assert "missing keys" not in msg and "unexpected keys" not in msg
+
+    deeper = _yaml(tmp_path, "model:\n  num_classes: 3\n  backbone: {name: resnet34, weights: null}\n"
+                             "  fpn_channels: 32\n  head_convs: 2\n", "deeper.yaml")
+    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, "--config", deeper, _image(tmp_path / "imgs"),
+                      "--out", tmp_path / "o", "--no-progress")
+    assert "state dict does not match RetinaNet (wrong architecture, number of classes or weights file?)" in line
+    # every difference is named: resnet34's extra blocks and the second head conv, grouped by module
+    assert ("missing keys (84): backbone.body.layer1.2.* (10), backbone.body.layer2.2.* (10), "
+            "backbone.body.layer2.3.* (10), backbone.body.layer3.2.* (10), backbone.body.layer3.3.* (10), "
+            "backbone.body.layer3.4.* (10), backbone.body.layer3.5.* (10), backbone.body.layer4.2.* (10), "
+            "head.classification_head.conv.1.* (2), head.regression_head.conv.1.* (2)") in line
+    assert "unexpected keys" not in line and "shape mismatches" not in line
+
+
+def test_checkpoint_without_or_with_a_broken_config(tiny_ckpt, tmp_path, capsys):
+    from retinanet.engine.checkpoint import load_checkpoint, save_checkpoint
+    state = load_checkpoint(tiny_ckpt)
+    bare = save_checkpoint(tmp_path / "bare.pth", {"model": state["model"]}, update_last=False)
+    line = _cli_error(capsys, "predict", "--weights", bare, _image(tmp_path / "imgs"), "--no-progress")
+    assert f"{bare}: the file holds no config; pass config=" in line and "--config" in line
+    future = dict(state)
+    future["config"] = {**state["config"], "model": {**state["config"]["model"], "new_option": 1}}
+    newer = save_checkpoint(tmp_path / "newer.pth", future, update_last=False)
+    with pytest.raises(ConfigError, match=rf"{newer}: the stored config is invalid: unknown config key "
+                                          r"'model.new_option'"):
+        Predictor(newer, device="cpu")
+
+
+def test_malicious_checkpoint_never_runs_code(tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "model_final.pth"
+    torch.save({"model": {}, "config": {}, "payload": _Evil(marker)}, evil)
+    img_dir = _image(tmp_path / "imgs").parent
+    with pytest.raises(UnsafeCheckpointError, match="refusing to execute code") as ei:
+        Predictor(evil, device="cpu")
+    assert str(evil) in str(ei.value) and "open" in str(ei.value)
+    line = _cli_error(capsys, "predict", "--weights", evil, img_dir, "--out", tmp_path / "o", "--no-progress")
+    assert f"refusing to execute code from {evil}" in line
+    line = _cli_error(capsys, "export", "--weights", evil, "--out", tmp_path / "m.pt")
+    assert f"refusing to execute code from {evil}" in line
+    assert not marker.exists(), "loading the checkpoint executed pickled code"
+    # control: the payload is live, an unsafe loader would have created the file
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ predict inputs
+
+
+def test_predict_bad_inputs_are_one_line(tiny_ckpt, tmp_path, capsys):
+    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, tmp_path / "nope.jpg", "--no-progress")
+    assert f"input not found: {tmp_path / 'nope.jpg'}" in line
+    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, tmp_path, "--no-progress")
+    assert "no images found" in line
+    cut = write_truncated(tmp_path / "cut.png", "PNG")
+    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, cut, "--out", tmp_path / "o", "--no-progress")
+    assert str(cut) in line and "truncated or corrupt" in line
+    Image.fromarray(pattern_image()).save(tmp_path / "ok.png")
+    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, tmp_path / "ok.png", "--score-thresh", "1.5",
+                      "--out", tmp_path / "o", "--no-progress")
+    assert "model.score_thresh: must be in [0, 1] (got 1.5)" in line
+    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, tmp_path / "ok.png", "--config",
+                      tmp_path / "none.yaml", "--no-progress")
+    assert "config file not found" in line and "none.yaml" in line

@@ -274,6 +274,17 @@ def test_wrong_architecture_lists_missing_unexpected_and_mismatched_keys():
     assert not torch.equal(dst[0].weight, src[0].weight)
 
 
+def test_many_differing_keys_are_grouped_by_module_not_cut_off():
+    src = nn.Sequential(nn.Linear(4, 4))
+    dst = nn.Sequential(nn.Linear(4, 4), *[nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(3)])
+    with pytest.raises(StateDictMismatchError) as info:
+        load_model_state(dst, src.state_dict())
+    assert "missing keys (12): 1.0.* (2), 1.1.* (2), 2.0.* (2), 2.1.* (2), 3.0.* (2), 3.1.* (2)" in str(info.value)
+    few = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    with pytest.raises(StateDictMismatchError, match=r"missing keys \(2\): 1.weight, 1.bias"):
+        load_model_state(few, src.state_dict())
+
+
 def test_non_strict_loads_matching_entries_and_reports_the_rest():
     src, dst = _arch_a(), _arch_b()
     before = dst[2].weight.clone()

@@ -409,8 +409,22 @@ class LoadReport:
 
 
 def _listed(keys: list[str]) -> str:
-    more = f" ... (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
-    return ", ".join(keys[:_MAX_LISTED]) + more
+    """Up to 10 keys in full; more are grouped by the deepest module prefix that gives at most 10
+    groups, so that every difference is named: ``backbone.body.layer3.4.* (10), head.x.conv.1.* (2)``."""
+    if len(keys) <= _MAX_LISTED:
+        return ", ".join(keys)
+    parts = [k.split(".") for k in keys]
+    best: "OrderedDict[str, list[str]] | None" = None
+    for depth in range(1, max(len(p) for p in parts)):
+        groups: OrderedDict[str, list[str]] = OrderedDict()
+        for k, p in zip(keys, parts):
+            groups.setdefault(".".join(p[:depth]) if len(p) > depth else k, []).append(k)
+        if len(groups) > _MAX_LISTED:
+            break
+        best = groups
+    if best is None:
+        return ", ".join(keys[:_MAX_LISTED]) + f" ... (+{len(keys) - _MAX_LISTED} more)"
+    return ", ".join(f"{prefix}.* ({len(v)})" if len(v) > 1 else v[0] for prefix, v in best.items())
 
 
 def _strip_prefix(state: dict[str, Any], model_keys: set[str], prefix: str) -> dict[str, Any]:
@@ -512,7 +526,9 @@ def latest_checkpoint(directory: str | os.PathLike[str], prefix: str = "model") 
 
     The file named by ``<dir>/last_checkpoint`` if it exists, unless a numbered checkpoint with
     a higher iteration exists (the pointer lags when a run was killed between writing a
-    checkpoint and the pointer); otherwise the highest-numbered checkpoint.
+    checkpoint and the pointer); otherwise the highest-numbered checkpoint. A ``model_final.pth``
+    does not override a pointer to a numbered checkpoint: it is then the end of an earlier, shorter
+    run that was resumed with a longer schedule.
     """
     d = Path(directory)
     numbered = list_checkpoints(d, prefix)
@@ -528,8 +544,15 @@ def latest_checkpoint(directory: str | os.PathLike[str], prefix: str = "model") 
             if newest is None:
                 return target
             it = _iteration_of(target.name, prefix)
+            if it is None:
+                return target
+            if it != _FINAL_ITERATION:
+                finite = [p for p in numbered if _iteration_of(p.name, prefix) != _FINAL_ITERATION]
+                if not finite:
+                    return target
+                newest = finite[-1]
             newest_it = _iteration_of(newest.name, prefix)
-            if it is None or newest_it is None or it >= newest_it:
+            if newest_it is None or it >= newest_it:
                 return target
         elif name:
             logger.warning("%s names %s, which does not exist; using the newest numbered file", pointer, name)

@@ -6,11 +6,26 @@
 
 A checkpoint written by the trainer carries its config and class names; for a bare state dict (for
 example a torchvision-format RetinaNet file) pass ``config=`` a YAML file or preset name.
+
+Inputs of :meth:`Predictor.predict` / :meth:`Predictor.predict_many`: image paths (any format
+:func:`retinanet.data.load_image` reads) or RGB ``uint8`` arrays ``[H, W, 3]``. Each image is resized
+like the evaluation images (shorter side ``data.test_min_size``, longer side at most
+``data.max_size``), normalized and padded; the boxes that come back are mapped to the pixels of the
+input (:func:`retinanet.data.transforms.map_boxes_to_original`).
+
+:func:`find_images` expands the command line's inputs: image files, folders (recursively, sorted) and
+list files (``.txt``: one image path per line; blank lines and lines starting with ``#`` are skipped;
+relative paths are taken relative to the list file's folder when they do not exist relative to the
+current directory). A missing input is a ``FileNotFoundError`` naming it (and the list file and line).
+
+:func:`load_detector` is the loading step on its own (checkpoint -> eval-mode model, config, class
+names, category ids), shared with :mod:`retinanet.engine.export`.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -18,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, config_from_dict, load_config
+from ..config import Config, ConfigError, config_from_dict, load_config, validate
 from ..data.collate import collate
 from ..data.image_io import load_image
 from ..data.transforms import build_transforms, map_boxes_to_original
@@ -26,21 +41,44 @@ from ..modeling.retinanet import RetinaNet
 from .checkpoint import load_checkpoint, load_model_state
 from .trainer import resolve_device
 
-__all__ = ["Predictor", "find_images", "IMAGE_EXTENSIONS"]
+__all__ = ["Predictor", "LoadedDetector", "load_detector", "find_images", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ImageLike = Union[str, Path, np.ndarray]
 
 
+def _read_list_file(path: Path) -> list[Path]:
+    out: list[Path] = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        q = Path(item).expanduser()
+        if not q.is_absolute() and not q.exists() and (path.parent / q).exists():
+            q = path.parent / q
+        if not q.exists():
+            raise FileNotFoundError(f"{path}:{n}: image not found: {item}")
+        out.extend(_folder_images(q) if q.is_dir() else [q])
+    return out
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(q for q in folder.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
+
+
 def find_images(inputs: Sequence[Union[str, Path]]) -> list[Path]:
-    """Expand files, folders (recursively, sorted) and text files listing paths into image paths."""
+    """Expand files, folders (recursively, sorted) and ``.txt`` list files into image paths.
+
+    A list file holds one path per line (blank lines and ``#`` comments skipped); relative paths that
+    do not exist from the current directory are looked up next to the list file.
+    """
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS))
+            out.extend(_folder_images(p))
         elif p.suffix.lower() == ".txt" and p.is_file():
-            out.extend(Path(line.strip()) for line in p.read_text().splitlines() if line.strip())
+            out.extend(_read_list_file(p))
         else:
             if not p.exists():
                 raise FileNotFoundError(f"input not found: {p}")
@@ -66,37 +104,81 @@ class _Images(Dataset):
         return self.transforms(arr, target)
 
 
+@dataclass
+class LoadedDetector:
+    """What :func:`load_detector` returns."""
+
+    model: RetinaNet  # eval mode, on ``device``
+    cfg: Config
+    device: torch.device
+    class_names: list[str]  # label i -> name
+    label_to_category_id: list[int]  # label i -> dataset category id (1..K when the file has none)
+
+
+def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]] = None,
+                  device: str = "auto", score_thresh: Optional[float] = None,
+                  overrides: Optional[list[str]] = None) -> LoadedDetector:
+    """Load a checkpoint (safely: ``weights_only``/safetensors) into an eval-mode :class:`RetinaNet`.
+
+    The config is ``config`` (a :class:`Config`, YAML file or preset) when given, else the one stored
+    in the checkpoint (with ``overrides``). ``score_thresh`` replaces ``model.score_thresh`` and is
+    validated like it (``ConfigError`` outside [0, 1]). Errors: ``FileNotFoundError``,
+    :class:`~retinanet.engine.checkpoint.CheckpointError` (truncated, unsafe, wrong architecture),
+    :class:`~retinanet.config.ConfigError`.
+    """
+    state = load_checkpoint(weights)
+    model_state = state.get("model", state)
+    if isinstance(config, Config):
+        cfg = config
+    elif config is not None:
+        cfg = load_config(str(config), overrides)
+    elif "config" in state:
+        from ..config import apply_overrides
+        raw = state["config"]
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{weights}: the stored 'config' is a {type(raw).__name__}, not a mapping")
+        try:
+            cfg = config_from_dict(apply_overrides(raw, overrides) if overrides else raw)
+        except ConfigError as e:
+            raise ConfigError(f"{weights}: the stored config is invalid: {e}") from None
+    else:
+        raise ConfigError(f"{weights}: the file holds no config; pass config= (a YAML file or preset; "
+                          "--config on the command line)")
+    if score_thresh is not None:
+        cfg.model.score_thresh = float(score_thresh)
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"score threshold {score_thresh}: {e}") from None
+    cfg.model.backbone.weights = None  # the checkpoint has every weight
+    dev = resolve_device(device)
+    model = RetinaNet(cfg.model).to(dev).eval()
+    load_model_state(model, model_state)
+    k = cfg.model.num_classes
+    names = state.get("class_names")
+    class_names = [str(n) for n in names] if names else [str(i) for i in range(k)]
+    if len(class_names) != k:
+        raise ConfigError(f"{weights}: {len(class_names)} class names stored for model.num_classes={k}")
+    cat_ids = [int(c) for c in (state.get("label_to_category_id") or range(1, k + 1))]
+    if len(cat_ids) != k:
+        raise ConfigError(f"{weights}: {len(cat_ids)} category ids stored for model.num_classes={k}")
+    return LoadedDetector(model, cfg, dev, class_names, cat_ids)
+
+
 class Predictor:
     """Loads a checkpoint once and predicts on images (paths or RGB uint8 arrays)."""
 
     def __init__(self, weights: Union[str, Path], config: Optional[Union[str, Config]] = None,
                  device: str = "auto", score_thresh: Optional[float] = None,
                  overrides: Optional[list[str]] = None) -> None:
-        state = load_checkpoint(weights)
-        model_state = state.get("model", state) if isinstance(state, dict) else state
-        if isinstance(config, Config):
-            cfg = config
-        elif config is not None:
-            cfg = load_config(str(config), overrides)
-        elif isinstance(state, dict) and "config" in state:
-            cfg = config_from_dict(state["config"])
-            if overrides:
-                from ..config import apply_overrides
-                cfg = config_from_dict(apply_overrides(state["config"], overrides))
-        else:
-            raise ValueError(f"{weights}: the file holds no config; pass config= (a YAML file or preset)")
-        if score_thresh is not None:
-            cfg.model.score_thresh = float(score_thresh)
-        cfg.model.backbone.weights = None  # the checkpoint has every weight
-        self.cfg = cfg
-        self.device = resolve_device(device)
-        self.model = RetinaNet(cfg.model).to(self.device).eval()
-        load_model_state(self.model, model_state)
-        names = state.get("class_names") if isinstance(state, dict) else None
-        self.class_names: list[str] = list(names) if names else [str(i) for i in range(cfg.model.num_classes)]
-        self.label_to_category_id: list[int] = list(state.get("label_to_category_id") or
-                                                    range(1, cfg.model.num_classes + 1))
-        d = cfg.data
+        det = load_detector(weights, config=config, device=device, score_thresh=score_thresh,
+                            overrides=overrides)
+        self.cfg = det.cfg
+        self.device = det.device
+        self.model = det.model
+        self.class_names: list[str] = det.class_names
+        self.label_to_category_id: list[int] = det.label_to_category_id
+        d = self.cfg.data
         self.transforms = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size,
                                            flip_prob=0.0)
 
