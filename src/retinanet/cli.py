@@ -3,14 +3,17 @@
     retinanet train CONFIG [section.key=value ...] [--resume]
     retinanet eval CONFIG --weights CKPT [section.key=value ...]
     retinanet predict --weights CKPT INPUT [INPUT ...] [--out DIR] [--score-thresh 0.3]
-    retinanet export --weights CKPT --out model.pt [--format torchscript|onnx]
+    retinanet export --weights CKPT --out model.pt [--format torchscript|pt2|onnx]
     retinanet demo [--out DIR] [--quick]
     retinanet data synth --out DIR [--train N --val N --size H W --seed S]
 
 CONFIG is a YAML file or the name of a packaged preset (``retinanet presets`` lists them). Under
 ``torchrun --nproc_per_node N -m retinanet train ...`` training and evaluation run distributed.
-Errors from bad configs, data or checkpoints are printed as one clear line (exit code 2), not a
-traceback; ``--debug`` shows the traceback.
+Overrides may also follow the options (``retinanet train CONFIG --resume solver.max_iter=2000``).
+Errors from bad configs, data, checkpoints or the file system (unwritable folder, full disk) are
+printed as one clear line (exit code 2), not a traceback; ``--debug`` shows the traceback. Training
+stopped by Ctrl-C or SIGTERM writes a checkpoint of the finished step and exits with 128 + the signal
+number (130, 143); ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ log = logging.getLogger("retinanet")
 def _setup_logging(verbose: bool) -> None:
     from .engine import distributed as du
     level = logging.DEBUG if verbose else logging.INFO
-    if not du.is_main():
+    if du.env_rank() != 0:  # the process group is not joined yet: read the launcher's RANK
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -43,15 +46,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     configure_runtime(args.malloc)
-    result = Trainer(cfg, resume=args.resume, progress=not args.no_progress).train()
     from .engine import distributed as du
-    if du.is_main():
+    try:
+        result = Trainer(cfg, resume=args.resume, progress=not args.no_progress).train()
+    finally:
+        du.cleanup()
+    if du.env_rank() == 0:
         state = "stopped early" if result.stopped_early else "finished"
+        if result.signal:
+            import signal
+            state += f" by {signal.Signals(result.signal).name}"
         print(f"training {state} at iteration {result.iteration}; checkpoint: {result.final_checkpoint}")
+        if result.stopped_early:
+            print(f"continue with: retinanet train {args.config} ... --resume")
+        if result.skipped_steps:
+            print(f"{result.skipped_steps} steps with a non-finite loss or gradient were skipped")
         if result.metrics:
             print(_metrics_line(result.metrics))
-    du.cleanup()
-    return 0
+    # stopped by a signal: the shell convention 128 + signal number (130 for Ctrl-C), so scripts can
+    # tell an interrupted run (resumable) from a finished one
+    return 128 + result.signal if result.signal else 0
 
 
 def _metrics_line(m: dict) -> str:
@@ -60,10 +74,12 @@ def _metrics_line(m: dict) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from .config import load_config
     from .data.build import build_dataset, build_eval_loader
     from .engine import distributed as du
-    from .engine.checkpoint import load_checkpoint, load_model_state
+    from .engine.checkpoint import atomic_write, load_checkpoint, load_model_state
     from .engine.inference import evaluate
     from .engine.runtime import configure_runtime
     from .engine.trainer import resolve_device
@@ -72,21 +88,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     cfg.model.backbone.weights = None
     device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
     du.init_distributed(device)
-    dataset = build_dataset(cfg, train=False)
-    model = RetinaNet(cfg.model).to(device)
-    state = load_checkpoint(args.weights)
-    load_model_state(model, state.get("model", state))
-    loader = build_eval_loader(dataset, cfg, rank=du.rank(), world_size=du.world_size())
-    out = Path(args.out or Path(args.weights).parent)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(model, loader, dataset, device, results_path=out / "detections.json",
-                       progress=not args.no_progress)
-    if du.is_main():
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(_metrics_line(metrics))
-        print(f"detections: {out / 'detections.json'}  metrics: {out / 'metrics.json'}")
-    du.cleanup()
+    try:
+        dataset = build_dataset(cfg, train=False)
+        state = load_checkpoint(args.weights)  # fails early: before building the model
+        model = RetinaNet(cfg.model).to(device)
+        load_model_state(model, state.get("model", state))
+        loader = build_eval_loader(dataset, cfg, rank=du.rank(), world_size=du.world_size())
+        out = Path(args.out or Path(args.weights).parent)
+        if du.is_main():
+            out.mkdir(parents=True, exist_ok=True)
+        metrics = evaluate(model, loader, dataset, device, results_path=out / "detections.json",
+                           progress=not args.no_progress)
+        if du.is_main():
+            data = json.dumps(metrics, indent=2).encode()
+            atomic_write(out / "metrics.json", lambda f: f.write(data))
+            print(_metrics_line(metrics))
+            print(f"detections: {out / 'detections.json'}  metrics: {out / 'metrics.json'}")
+    finally:
+        du.cleanup()
     return 0
 
 
@@ -102,14 +124,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
+    used: set[str] = set()
     for i, det in enumerate(pred.predict_many(paths, batch_size=args.batch_size, progress=not args.no_progress)):
         path = paths[i]
         results.extend({**r, "file_name": str(path)} for r in detections_to_coco_results(
             [det], [i], pred.label_to_category_id))
         if not args.no_draw:
+            name = f"{path.stem}_pred.png"
+            if name in used:  # same file name in two folders: keep both pictures
+                name = f"{path.stem}_{i}_pred.png"
+            used.add(name)
             img = draw_detections(load_image(path), det["boxes"], det["labels"], det["scores"],
                                   class_names=pred.class_names, score_thresh=args.draw_thresh)
-            img.save(out / f"{path.stem}_pred.png")
+            img.save(out / name)
     (out / "predictions.json").write_text(json.dumps(results))
     print(f"{len(paths)} images, {len(results)} detections -> {out / 'predictions.json'}"
           + ("" if args.no_draw else f" and {out}/*_pred.png"))
@@ -119,8 +146,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import export_model
     path = export_model(args.weights, args.out, fmt=args.format, config=args.config, height=args.height,
-                        width=args.width)
-    print(f"exported {args.format} model to {path}")
+                        width=args.width, check=not args.no_check, dynamic=not args.static)
+    print(f"exported {args.format} model to {path}" + ("" if args.no_check else
+          " (checked: same detections as the Python model on a random input)"))
     return 0
 
 
@@ -191,13 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(pr, malloc=False)
     pr.set_defaults(fn=_cmd_predict)
 
-    x = sub.add_parser("export", help="export for deployment (TorchScript or ONNX)")
+    x = sub.add_parser("export", help="export for deployment (TorchScript, torch.export or ONNX)",
+                       description="torchscript: the whole detector (post-processing included); pt2 "
+                       "(torch.export) and onnx: the network with decoded boxes and class logits per "
+                       "anchor. See retinanet.engine.export for inputs and outputs.")
     x.add_argument("--weights", required=True)
     x.add_argument("--out", required=True)
-    x.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
-    x.add_argument("--config")
-    x.add_argument("--height", type=int, default=512)
-    x.add_argument("--width", type=int, default=512)
+    x.add_argument("--format", choices=["torchscript", "pt2", "onnx"], default="torchscript")
+    x.add_argument("--config", help="config for checkpoints that carry none")
+    x.add_argument("--height", type=int, default=512, help="example input height (rounded up to 128)")
+    x.add_argument("--width", type=int, default=512, help="example input width (rounded up to 128)")
+    x.add_argument("--static", action="store_true", help="pt2/onnx: fix the input to --height x --width, "
+                   "batch 1 (faster export)")
+    x.add_argument("--no-check", action="store_true", help="skip comparing the exported model with the "
+                   "Python model")
     x.set_defaults(fn=_cmd_export)
 
     d = sub.add_parser("demo", help="build the synthetic dataset, train, evaluate and draw (CPU, minutes)")
@@ -223,13 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse, accepting ``section.key=value`` overrides after options too
+    (``retinanet train CONFIG --resume solver.max_iter=100``), which argparse alone rejects."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+        if hasattr(args, "overrides") and len(overrides) == len(extra):
+            args.overrides = list(args.overrides or []) + overrides
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     _setup_logging(args.verbose)
     if args.debug:
         return args.fn(args)
     from .config import ConfigError
     from .engine.checkpoint import CheckpointError
+    from .engine.distributed import RankFailed
     from .engine.trainer import TrainingDiverged
     try:
         from .data.errors import DataError
@@ -237,7 +287,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         DataError = ValueError  # type: ignore
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, DataError, TrainingDiverged, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, DataError, TrainingDiverged, RankFailed, ValueError) as e:
+        print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # missing files, permissions, disk full: one line, not a traceback
         print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

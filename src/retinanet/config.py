@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +37,14 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
+    """A configuration file or override is invalid; the message names the file and the key.
+
+    ``.key`` is the dotted key at fault (``None`` when the problem is not one key, e.g. bad YAML).
+    """
+
+    def __init__(self, message: str, key: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -91,6 +99,8 @@ class ModelConfig:
     topk_candidates: int = 1000
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    # runtime
+    channels_last: bool = True  # NHWC memory layout for the convolutions (same results, ~20% faster on CPU)
 
 
 @dataclass
@@ -121,6 +131,7 @@ class SolverConfig:
     """The paper's recipe: SGD, lr 0.01 for 16 images (scaled linearly), steps at 2/3 and 8/9."""
 
     batch_size: int = 16  # global, over all processes
+    optimizer: str = "sgd"  # sgd (the paper's) | adamw (momentum = beta1; faster on short CPU schedules)
     base_lr: float = 0.01
     reference_batch_size: int = 16  # lr = base_lr * batch_size / reference_batch_size
     momentum: float = 0.9
@@ -152,6 +163,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
+    tensorboard: bool = True  # also log metrics as TensorBoard events (rank 0; only if tensorboard is installed)
 
 
 @dataclass
@@ -166,6 +178,9 @@ class Config:
 
 # --------------------------------------------------------------------------------------------------
 # dict <-> dataclass with type checking
+
+
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # exponent without a dot: 1e-4
 
 
 def _type_name(tp: Any) -> str:
@@ -187,24 +202,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}", key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}", key)
         return _from_dict(tp, value, key)
     if origin in (tuple, list):
         if isinstance(value, (int, float, str)) and not isinstance(value, bool) and origin is tuple:
             value = [value]  # a single value where a tuple is expected, e.g. min_size: 800
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
         args = typing.get_args(tp)
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
         elif origin is tuple and args:
             if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}", key)
             items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
         else:
             items = [_coerce(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value)]
@@ -212,20 +227,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}", key)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 or 1e6 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}", key)
         return value
     return value
 
@@ -242,7 +259,7 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     for k, v in data.items():
         full = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            raise ConfigError(f"unknown config key '{full}'." + _suggest(str(k), names))
+            raise ConfigError(f"unknown config key '{full}'." + _suggest(str(k), names), full)
         kwargs[k] = _coerce(v, hints[k], full)
     return cls(**kwargs)
 
@@ -275,7 +292,7 @@ def config_to_dict(cfg: Any) -> dict:
 
 def _check(cond: bool, key: str, msg: str, value: Any) -> None:
     if not cond:
-        raise ConfigError(f"{key}: {msg} (got {value!r})")
+        raise ConfigError(f"{key}: {msg} (got {value!r})", key)
 
 
 def validate(cfg: Config) -> None:
@@ -326,6 +343,7 @@ def validate(cfg: Config) -> None:
     _check(s.batch_size >= 1, "solver.batch_size", "must be >= 1", s.batch_size)
     _check(s.base_lr > 0 and math.isfinite(s.base_lr), "solver.base_lr", "must be a positive number", s.base_lr)
     _check(s.reference_batch_size >= 1, "solver.reference_batch_size", "must be >= 1", s.reference_batch_size)
+    _check(s.optimizer in ("sgd", "adamw"), "solver.optimizer", "must be sgd or adamw", s.optimizer)
     _check(0 <= s.momentum < 1, "solver.momentum", "must be in [0, 1)", s.momentum)
     _check(s.weight_decay >= 0, "solver.weight_decay", "must be >= 0", s.weight_decay)
     _check(s.max_iter >= 1, "solver.max_iter", "must be >= 1", s.max_iter)
@@ -373,8 +391,13 @@ def preset_path(name: str) -> Path:
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:  # one line: where, what (PyYAML's own text spans several)
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (e.context, e.problem) if x) or type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     if data is None:
@@ -403,7 +426,10 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if base:
         bp = Path(base) if Path(base).is_absolute() else path.parent / base
         if not bp.is_file():
-            bp = preset_path(str(base))
+            try:
+                bp = preset_path(str(base))
+            except ConfigError as e:
+                raise ConfigError(f"{path}: base: {e}", "base") from None
         data = _merge(_load_yaml_chain(bp, seen + (path,)), data)
     return data
 
@@ -436,10 +462,31 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Load a YAML file or preset name (or the defaults when ``path`` is None) and apply overrides."""
-    data = _load_yaml_chain(preset_path(path)) if path else {}
-    data = apply_overrides(data, list(overrides or []))
-    return config_from_dict(data)
+    """Load a YAML file or preset name (or the defaults when ``path`` is None) and apply overrides.
+
+    A :class:`ConfigError` about a key set in the file starts with the file's path (``cfg.yaml:
+    solver.base_lr: must be a positive number (got -0.1)``); one about an override names the key.
+    """
+    file = preset_path(path) if path else None
+    data = _load_yaml_chain(file) if file is not None else {}
+    overrides = list(overrides or [])
+    data = apply_overrides(data, overrides)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        if file is None or _from_override(e.key, overrides):
+            raise
+        raise ConfigError(f"{file}: {e}", e.key) from None
+
+
+def _from_override(key: Optional[str], overrides: list[str]) -> bool:
+    if not key:
+        return False
+    for item in overrides:
+        k = item.split("=", 1)[0].strip()
+        if key == k or key.startswith(k + ".") or key.startswith(k + "[") or k.startswith(key + "."):
+            return True
+    return False
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

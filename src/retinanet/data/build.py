@@ -46,7 +46,8 @@ def build_dataset(cfg: Config, train: bool) -> Dataset:
     else:
         root = _need(d.voc_root, "data.voc_root")
         ds = VOCDetection(root, split=d.train_split if train else d.val_split,
-                          class_names=d.class_names or VOC_CLASSES, transforms=tf)
+                          class_names=d.class_names or VOC_CLASSES, transforms=tf,
+                          skip_bad_images=d.skip_bad_images)
     k = len(ds.class_names)
     if k != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset "

@@ -2,7 +2,13 @@
 
 ``torchrun --nproc_per_node N -m retinanet train ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; without them everything runs as a single process (rank 0 of 1). The backend is gloo
-on CPU and nccl on CUDA.
+on CPU and nccl on CUDA; the rendezvous is ``env://`` (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``,
+``WORLD_SIZE``), so a launcher other than torchrun only has to set those four variables.
+
+Collectives that every rank must reach together: :func:`barrier`, :func:`all_reduce_mean`,
+:func:`max_over_ranks` / :func:`any_rank` (e.g. a stop request from a signal that reached only some
+processes) and :func:`raise_if_any_failed` (an error on one rank, e.g. rank 0 failing to write a
+checkpoint, raised on every rank instead of leaving the others blocked in the next collective).
 """
 
 from __future__ import annotations
@@ -14,7 +20,12 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main", "barrier",
-           "all_reduce_mean", "all_gather_object", "cleanup"]
+           "all_reduce_mean", "all_gather_object", "max_over_ranks", "any_rank", "raise_if_any_failed", "RankFailed",
+           "env_rank", "cleanup"]
+
+
+class RankFailed(RuntimeError):
+    """Another process of the group failed; raised on the processes that did not."""
 
 
 def is_distributed() -> bool:
@@ -31,6 +42,16 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def env_rank() -> int:
+    """This process's rank from the launcher's environment (valid before the group is joined)."""
+    if is_distributed():
+        return rank()
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def init_distributed(device: torch.device) -> bool:
@@ -66,6 +87,39 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's ``value`` (a collective under DDP; ``value`` itself otherwise)."""
+    if not is_distributed():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on at least one (a collective under DDP)."""
+    return max_over_ranks(1 if flag else 0) > 0
+
+
+def raise_if_any_failed(error: BaseException | None) -> None:
+    """Collective error check: re-raise ``error`` on the rank that had it, and raise
+    :class:`RankFailed` naming the failing rank and its message on every other rank. A no-op when
+    no rank failed; outside DDP it just raises ``error`` if given."""
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return
+    msg = None if error is None else f"{type(error).__name__}: {error}"
+    msgs = all_gather_object(msg)
+    if error is not None:
+        raise error
+    for r, m in enumerate(msgs):
+        if m is not None:
+            raise RankFailed(f"process {r} of {len(msgs)} failed: {m}")
 
 
 def cleanup() -> None:

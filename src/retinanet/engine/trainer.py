@@ -11,9 +11,31 @@ continue its schedule. Data order and augmentation are functions of (seed, epoch
 run stopped at iteration N and resumed reproduces the uninterrupted run bit for bit on CPU.
 
 Rank 0 alone writes ``metrics.jsonl``, ``config.yaml``, checkpoints (atomically: temporary file, then
-rename), and the loss/lr plot. A non-finite loss stops training at once with the iteration, the loss
-values and a hint (the last checkpoint stays intact), or skips the step when ``solver.skip_nonfinite``.
-Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and stops cleanly.
+rename), the loss/lr plot and, when ``train.tensorboard`` is on and ``torch.utils.tensorboard`` imports,
+the same scalars as TensorBoard events under ``<output_dir>/tensorboard`` (silently skipped when
+TensorBoard is not installed). The output folder is checked for writability before anything else, so
+an unwritable one fails at once (:class:`OutputDirError`) without touching files already there.
+
+Faults:
+
+- a non-finite loss or gradient stops training at once with :class:`TrainingDiverged` naming the
+  iteration, the loss values, the last checkpoint (intact: nothing is written after the bad step) and
+  hints; with ``solver.skip_nonfinite`` the step is skipped instead and counted (``skipped_steps`` in
+  the metrics rows, the checkpoints and :class:`TrainResult`);
+- Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint of it and stops cleanly
+  (``TrainResult.signal`` tells which signal; a second Ctrl-C aborts at once). DataLoader workers
+  ignore SIGINT, so a Ctrl-C sent to the whole process group does not kill them mid-batch. Under DDP
+  the stop request is agreed on by all ranks each iteration, so they stop at the same step;
+- a failed checkpoint write (disk full, permissions) raises the :class:`CheckpointError` of
+  :func:`save_checkpoint` (the previous checkpoint untouched) on rank 0, and a :class:`RankFailed` on
+  the other ranks instead of leaving them blocked;
+- ``--resume`` after a kill: the newest complete checkpoint is loaded (writes are atomic, so a kill
+  mid-write leaves only a stale temporary file, which is removed), ``metrics.jsonl`` rows of the
+  iterations after that checkpoint are dropped (they are redone), and training continues bit for bit.
+
+``hooks`` are called with the trainer after every iteration (after logging, before the periodic
+checkpoint); a hook may call :meth:`Trainer.request_stop` to end the run after this iteration with a
+checkpoint, exactly as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -31,25 +53,30 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import yaml
 from torch import nn
 
-from ..config import Config, config_to_dict, save_config
+from ..config import Config, ConfigError, config_to_dict
 from ..data.build import build_dataset, build_eval_loader
 from ..data.collate import collate
 from ..data.sampler import SeededDataset, TrainBatchSampler
 from ..modeling.retinanet import RetinaNet
 from . import distributed as du
-from .checkpoint import (get_rng_state, latest_checkpoint, load_checkpoint, load_model_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (LAST_CHECKPOINT_FILE, atomic_write, get_rng_state, latest_checkpoint,
+                         load_checkpoint, load_model_state, save_checkpoint, set_rng_state)
 from .inference import evaluate
 
-__all__ = ["Trainer", "TrainingDiverged", "lr_at", "resolve_device"]
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "OutputDirError", "lr_at", "resolve_device"]
 
 log = logging.getLogger("retinanet.train")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
+
+
+class OutputDirError(ConfigError):
+    """``train.output_dir`` cannot be created or written."""
 
 
 def lr_at(iteration: int, base_lr: float, max_iter: int, warmup_iters: int, warmup_factor: float,
@@ -73,7 +100,19 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name} but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process under torchrun
     return dev
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C is the main process's business (it finishes the step and
+    writes a checkpoint); a worker killed by it would make the main process fail on its next batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _finite_or_none(v: float) -> Optional[float]:
+    return round(v, 6) if math.isfinite(v) else None  # JSON has no NaN / Infinity
 
 
 @dataclass
@@ -84,11 +123,18 @@ class _Stop:
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.train` did: the last iteration, the checkpoint written last, the final
+    evaluation (empty if none or not rank 0), whether it stopped before ``max_iter`` and on which
+    signal (0: a hook's :meth:`Trainer.request_stop`, or not stopped), and the steps skipped as
+    non-finite."""
+
     iteration: int
     output_dir: Path
     final_checkpoint: Optional[Path]
     metrics: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    signal: int = 0
+    skipped_steps: int = 0
 
 
 class Trainer:
@@ -109,6 +155,11 @@ class Trainer:
         self.iteration = 0
         self.skipped_steps = 0
         self._stop = _Stop()
+        self._tb = None
+
+    def request_stop(self) -> None:
+        """End training after the current iteration, with a checkpoint (what Ctrl-C does)."""
+        self._stop.requested = True
 
     # ------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -120,8 +171,13 @@ class Trainer:
         self.val_set = build_dataset(cfg, train=False) if self._has_val() else None
         self.model = RetinaNet(cfg.model).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.solver.lr(), momentum=cfg.solver.momentum,
-                                         weight_decay=cfg.solver.weight_decay)
+        if cfg.solver.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=cfg.solver.lr(), betas=(cfg.solver.momentum, 0.999),
+                weight_decay=cfg.solver.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=cfg.solver.lr(), momentum=cfg.solver.momentum,
+                                             weight_decay=cfg.solver.weight_decay)
         s = cfg.solver
         if s.epochs is not None:
             self.max_iter = max(1, math.ceil(s.epochs * len(self.train_set) / s.batch_size))
@@ -148,11 +204,13 @@ class Trainer:
                                     world_size=self.world)
         self.batches_per_epoch = sampler.batches_per_epoch
         div = cfg.data.size_divisibility
+        workers = cfg.data.num_workers
         return torch.utils.data.DataLoader(
             SeededDataset(self.train_set, cfg.train.seed), batch_sampler=sampler,
-            num_workers=cfg.data.num_workers, collate_fn=functools.partial(collate, size_divisibility=div),
+            num_workers=workers, collate_fn=functools.partial(collate, size_divisibility=div),
             persistent_workers=False, pin_memory=self.device.type == "cuda",
-            prefetch_factor=2 if cfg.data.num_workers > 0 else None)
+            worker_init_fn=_ignore_sigint if workers > 0 else None,
+            prefetch_factor=2 if workers > 0 else None)
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -171,14 +229,103 @@ class Trainer:
         }
 
     def save(self, name: Optional[str] = None) -> Optional[Path]:
-        path = None
+        """Write a checkpoint (rank 0; a collective: every rank calls it) and return its path."""
+        path, error = None, None
         if du.is_main():
             path = self.out / (name or f"model_{self.iteration:07d}.pth")
-            save_checkpoint(path, self.state_dict(), keep_last=self.cfg.train.keep_checkpoints
-                            if name is None else None)
-            log.info("saved checkpoint %s", path)
-        du.barrier()
+            try:
+                save_checkpoint(path, self.state_dict(), keep_last=self.cfg.train.keep_checkpoints
+                                if name is None else None)
+                log.info("saved checkpoint %s", path)
+            except Exception as e:  # disk full, permissions: every rank must learn of it
+                error = e
+        du.raise_if_any_failed(error)
         return path
+
+    # ------------------------------------------------------------------------------------------
+    def _prepare_output_dir(self) -> None:
+        """Create ``output_dir`` and write ``config.yaml`` atomically (rank 0): the writability check
+        that makes an unusable folder fail at once, before any training."""
+        error = None
+        if du.is_main():
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False).encode()
+                atomic_write(self.out / "config.yaml", lambda f: f.write(text))
+            except OSError as e:
+                error = OutputDirError(f"train.output_dir: cannot write to {self.out}: {e.strerror or e}; "
+                                       "choose a writable folder (train.output_dir=... or --output-dir)")
+        du.raise_if_any_failed(error)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files of checkpoint writes that a killed process left behind."""
+        for p in list(self.out.glob(".model_*.tmp")) + list(self.out.glob(f".{LAST_CHECKPOINT_FILE}.*.tmp")):
+            parts = p.name.split(".")
+            try:
+                pid = int(parts[-3])
+            except (ValueError, IndexError):
+                continue
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                continue  # that process is alive (another writer): leave its file alone
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            try:
+                p.unlink()
+                log.info("removed %s, left by an interrupted checkpoint write", p.name)
+            except OSError:
+                pass
+
+    def _truncate_metrics(self, metrics_path: Path, start: int) -> None:
+        """On resume: drop rows of iterations after ``start`` (they are about to be redone) and a
+        partial last line left by a kill, so the log has each iteration once."""
+        if not metrics_path.is_file():
+            return
+        lines = metrics_path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("iter"), int) and row["iter"] > start:
+                continue
+            kept.append(line)
+        if len(kept) != len(lines):
+            data = "".join(x + "\n" for x in kept).encode()
+            atomic_write(metrics_path, lambda f: f.write(data))
+            log.info("metrics.jsonl: dropped %d rows after iteration %d", len(lines) - len(kept), start)
+
+    def _open_tensorboard(self):
+        if not (getattr(self.cfg.train, "tensorboard", False) and du.is_main()):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed (ImportError) or broken: never fatal
+            log.debug("TensorBoard is not available; metrics go to metrics.jsonl only")
+            return None
+        try:
+            return SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=self.iteration + 1)
+        except Exception as e:
+            log.warning("could not open a TensorBoard writer: %s", e)
+            return None
+
+    def _log_row(self, metrics_path: Path, row: dict[str, Any], prefix: str = "train/") -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            try:
+                for k, v in row.items():
+                    if k != "iter" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self._tb.add_scalar(k if "/" in k else prefix + k, v, row["iter"])
+                self._tb.flush()
+            except Exception as e:  # a logger must never cost a run
+                log.warning("TensorBoard logging failed, disabled: %s", e)
+                self._tb = None
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
@@ -212,29 +359,35 @@ class Trainer:
 
     def train(self) -> TrainResult:
         cfg = self.cfg
+        self._prepare_output_dir()
         self._build()
-        if du.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
+        metrics_path = self.out / "metrics.jsonl"
         if self.resume:
             ckpt = latest_checkpoint(self.out)
             if ckpt is None:
                 log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
             else:
                 self._load(ckpt)
+            if du.is_main():
+                self._remove_stale_temporaries()
+                self._truncate_metrics(metrics_path, self.iteration)
+        elif du.is_main() and latest_checkpoint(self.out) is not None:
+            log.warning("%s already holds checkpoints (newest: %s); this run starts from scratch and appends "
+                        "to its metrics.jsonl. Use --resume to continue that run, or another train.output_dir",
+                        self.out, latest_checkpoint(self.out).name)
         start = self.iteration
-        metrics_path = self.out / "metrics.jsonl"
         previous_handlers = self._install_signal_handlers()
-        loader = self._loader(start)
+        self._tb = self._open_tensorboard()
         bar = None
-        if self.progress and du.is_main():
-            from tqdm import tqdm
-            bar = tqdm(total=self.max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.solver.amp)
         self.model.train()
         final_metrics: dict[str, float] = {}
         t_last, data_t0 = time.perf_counter(), time.perf_counter()
         try:
+            loader = self._loader(start)
+            if self.progress and du.is_main():
+                from tqdm import tqdm
+                bar = tqdm(total=self.max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True)
             for batch in loader:
                 data_time = time.perf_counter() - data_t0
                 lr = lr_at(self.iteration, cfg.solver.lr(), self.max_iter, cfg.solver.warmup_iters,
@@ -247,14 +400,16 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-                if du.is_main() and (it % cfg.train.log_period == 0 or it == self.max_iter or it == start + 1):
+                if du.is_main() and (it % cfg.train.log_period == 0 or it == self.max_iter or it == start + 1
+                                     or "skipped" in losses):
                     now = time.perf_counter()
-                    row = {"iter": it, **{k: round(v, 6) for k, v in losses.items()}, "lr": lr,
+                    row = {"iter": it, **{k: _finite_or_none(v) for k, v in losses.items()}, "lr": lr,
                            "data_time": round(data_time, 4), "time": round(now - t_last, 4),
                            "epoch": (it - 1) // self.batches_per_epoch}
+                    if self.skipped_steps:
+                        row["skipped_steps"] = self.skipped_steps
                     t_last = now
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    self._log_row(metrics_path, row)
                 for hook in self.hooks:
                     hook(self)
                 if it % cfg.train.checkpoint_period == 0 and it < self.max_iter:
@@ -262,23 +417,46 @@ class Trainer:
                 if self.val_set is not None and cfg.train.eval_period and it % cfg.train.eval_period == 0 \
                         and it < self.max_iter:
                     self._evaluate(metrics_path)
-                if self._stop.requested:
+                # a signal may reach only some processes: all stop at the same step, reporting the signal
+                stop = du.max_over_ranks(self._stop.signum + 1 if self._stop.requested else 0)
+                if stop:
+                    self._stop.requested, self._stop.signum = True, stop - 1
                     break
                 data_t0 = time.perf_counter()
+        except BaseException:
+            self._close_tensorboard()
+            raise
         finally:
             if bar is not None:
                 bar.close()
             for sig, h in previous_handlers.items():
                 signal.signal(sig, h)
-        stopped = self.iteration < self.max_iter
-        final = self.save()  # the latest state, always (also after Ctrl-C)
-        if not stopped:
-            final = self.save("model_final.pth")
-            if self.val_set is not None:
-                final_metrics = self._evaluate(metrics_path)
-            if du.is_main():
-                self._plot(metrics_path)
-        return TrainResult(self.iteration, self.out, final, final_metrics, stopped_early=stopped)
+        try:
+            stopped = self.iteration < self.max_iter
+            final = self.save()  # the latest state, always (also after Ctrl-C)
+            if stopped:
+                log.warning("training stopped at iteration %d of %d; continue with --resume", self.iteration,
+                            self.max_iter)
+            else:
+                final = self.save("model_final.pth")
+                if self.val_set is not None:
+                    final_metrics = self._evaluate(metrics_path)
+                if du.is_main():
+                    self._plot(metrics_path)
+        finally:
+            self._close_tensorboard()
+        if self.skipped_steps:
+            log.warning("%d non-finite steps were skipped (solver.skip_nonfinite)", self.skipped_steps)
+        return TrainResult(self.iteration, self.out, final, final_metrics, stopped_early=stopped,
+                           signal=self._stop.signum, skipped_steps=self.skipped_steps)
+
+    def _close_tensorboard(self) -> None:
+        if self._tb is not None:
+            try:
+                self._tb.close()
+            except Exception:
+                pass
+            self._tb = None
 
     # ------------------------------------------------------------------------------------------
     def _step(self, batch, amp_dtype) -> dict[str, float]:
@@ -293,6 +471,7 @@ class Trainer:
                              out["num_fg"].float()])
         stats = du.all_reduce_mean(stats)
         values = dict(zip(("loss", "loss_cls", "loss_box", "num_fg"), stats.tolist()))
+        values["num_fg"] *= self.world  # foreground anchors of the whole global batch
         if not math.isfinite(values["loss"]):
             return self._nonfinite(values, "loss")
         self.optimizer.zero_grad(set_to_none=True)
@@ -316,9 +495,12 @@ class Trainer:
 
     def _nonfinite(self, values: dict[str, float], what: str) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
+        last = latest_checkpoint(self.out)
+        where = (f"The last checkpoint, {last}, is intact (resume from it with --resume)" if last is not None
+                 else f"No checkpoint was written to {self.out} yet")
         msg = (f"non-finite {what} at iteration {self.iteration + 1}: "
                + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-               + f". The last checkpoint in {self.out} is intact. Hints: lower solver.base_lr (now "
+               + f". {where}. Hints: lower solver.base_lr (now "
                f"{self.cfg.solver.base_lr}) or lengthen solver.warmup_iters (now {self.cfg.solver.warmup_iters}); "
                "set solver.clip_grad_norm; check the dataset for degenerate or huge boxes; or set "
                "solver.skip_nonfinite=true to skip such steps.")
@@ -338,8 +520,7 @@ class Trainer:
         self.model.train()
         if du.is_main() and metrics:
             row = {"iter": self.iteration, **{f"bbox/{k}": v for k, v in metrics.items()}}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self._log_row(metrics_path, row)
             log.info("iteration %d: AP %.4f AP50 %.4f AP75 %.4f", self.iteration, metrics.get("AP", -1),
                      metrics.get("AP50", -1), metrics.get("AP75", -1))
         return metrics

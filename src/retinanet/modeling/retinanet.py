@@ -38,7 +38,64 @@ from .backbone import build_backbone
 from .fpn import FPN, BackboneWithFPN
 from .head import RetinaNetHead
 
-__all__ = ["RetinaNet", "build_model"]
+__all__ = ["RetinaNet", "build_model", "topk_above"]
+
+_SAMPLE = 1 << 15  # logits sampled per level to estimate a threshold below the k-th largest
+_CHUNK = 1 << 20  # logits compared at once when collecting candidates (1 MB of bool scratch on CPU)
+_sample_cache: dict = {}
+
+
+def _sample_index(m: int, device: torch.device) -> Tensor:
+    """A fixed pseudo-random set of ``_SAMPLE`` positions in ``[0, m)`` (cached per ``m``, device)."""
+    key = (m, str(device))
+    idx = _sample_cache.get(key)
+    if idx is None:
+        if len(_sample_cache) >= 32:
+            _sample_cache.clear()
+        idx = torch.randint(m, (_SAMPLE,), generator=torch.Generator().manual_seed(m)).to(device)
+        _sample_cache[key] = idx
+    return idx
+
+
+def _nonzero_gt(x: Tensor, tau: float) -> Tensor:
+    """Ascending indices of ``x[i] > tau`` (1-D ``x``); on CPU in chunks through one small reused
+    buffer, so no logits-sized temporary is allocated."""
+    m = x.numel()
+    if m <= _CHUNK or x.device.type != "cpu":
+        return (x > tau).nonzero().squeeze(1)
+    buf = torch.empty(_CHUNK, dtype=torch.bool, device=x.device)
+    parts = []
+    for s in range(0, m, _CHUNK):
+        c = x[s:s + _CHUNK]
+        nz = torch.gt(c, tau, out=buf[:c.numel()]).nonzero().squeeze(1)
+        if nz.numel():
+            parts.append(nz.add_(s))
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=x.device)
+
+
+def topk_above(x: Tensor, k: int, thresh: float = -math.inf) -> Tensor:
+    """Ascending indices of the ``k`` largest values of the 1-D ``x`` among those ``> thresh``.
+
+    The same set as ``x.topk(k)`` followed by ``> thresh`` (ties at the k-th value aside, where topk's
+    own choice is arbitrary), in about one read of ``x``: a threshold ``tau`` is estimated from a fixed
+    sample so that a few thousand values exceed it; if at least ``k`` do, the k largest are among them
+    (exact), else it falls back to ``thresh`` itself. NaN never counts as above a threshold.
+    """
+    m = x.numel()
+    if k <= 0 or m == 0:
+        return torch.empty(0, dtype=torch.int64, device=x.device)
+    tau = thresh
+    if m > k and m > 4 * _SAMPLE:
+        sample = x[_sample_index(m, x.device)]
+        r = min(_SAMPLE, -(-4 * k * _SAMPLE // m) + 16)
+        tau = max(thresh, float(sample.topk(r, sorted=False).values.min()))
+    idx = _nonzero_gt(x, tau)
+    if tau > thresh and idx.numel() < k:  # the estimate was too high: exact threshold
+        idx = _nonzero_gt(x, thresh) if thresh > -math.inf else torch.arange(m, device=x.device)
+    if idx.numel() > k:
+        sel = x[idx].topk(k, sorted=False).indices
+        idx = idx[sel].sort().values
+    return idx
 
 Detections = list[dict[str, Tensor]]
 
@@ -65,12 +122,37 @@ class RetinaNet(nn.Module):
         # EMA of the foreground count (detectron2's normalizer); kept out of the state dict so that
         # torchvision-format weight files load; the trainer checkpoints it separately.
         self.register_buffer("fg_ema", torch.tensor(100.0), persistent=False)
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.fused = False  # True for the inference-only copy made by fuse_for_inference()
+
+    def fuse_for_inference(self, inplace: bool = False, use_mkldnn: Optional[bool] = None) -> "RetinaNet":
+        """An inference-only copy (or, with ``inplace``, this model) with every FrozenBatchNorm2d folded
+        into its conv and conv + bias + residual + ReLU fused into one oneDNN call where available (see
+        :mod:`retinanet.modeling.fuse`). Same detections up to float rounding; faster on CPU.
+
+        The fused model is in eval mode and refuses ``train()``; its state dict is not the checkpoint
+        format, so keep the unfused model for checkpoints, training and export.
+        """
+        from .fuse import fuse_for_inference
+
+        model = fuse_for_inference(self, inplace=inplace, use_mkldnn=use_mkldnn)
+        model.fused = True
+        return model
+
+    def train(self, mode: bool = True) -> "RetinaNet":
+        if mode and getattr(self, "fused", False):
+            raise RuntimeError("this RetinaNet was fused for inference (fuse_for_inference) and cannot be "
+                               "trained; train the unfused model")
+        return super().train(mode)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, images: Tensor, targets: Optional[list[dict[str, Tensor]]] = None,
                 image_sizes: Optional[Sequence[tuple[int, int]]] = None):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a [B, 3, H, W] tensor, got shape {tuple(images.shape)}")
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
         cls_logits, box_deltas = self.head(features)
         anchors = self.anchors_for(features)
@@ -120,15 +202,20 @@ class RetinaNet(nn.Module):
         cls_targets, matched_boxes = self.match(anchors, targets)
         fg = cls_targets >= 0
         num_fg = fg.sum().to(torch.float32)
+        # the foreground count of the whole global batch (summed over DDP processes), clamped at 1 as
+        # a whole, then split over the processes (DDP averages their gradients): W processes then
+        # compute exactly what one process with the global batch does, even when almost no anchor is
+        # foreground; the EMA tracks the global count too, so it does not depend on W
         normalizer = num_fg.clone()
+        world = 1
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(normalizer)
-            normalizer = normalizer / dist.get_world_size()
+            world = dist.get_world_size()
         if cfg.loss_normalizer == "ema":
             with torch.no_grad():
                 self.fg_ema.mul_(cfg.normalizer_momentum).add_((1 - cfg.normalizer_momentum) * normalizer)
             normalizer = self.fg_ema.clone()
-        normalizer = normalizer.clamp(min=1.0)
+        normalizer = normalizer.clamp(min=1.0) / world
 
         gamma = cfg.focal_gamma if cfg.cls_loss == "focal" else 0.0
         loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, alpha=cfg.focal_alpha, gamma=gamma,
@@ -152,30 +239,33 @@ class RetinaNet(nn.Module):
     @torch.no_grad()
     def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor,
                     level_sizes: Sequence[int], image_sizes: Sequence[tuple[int, int]]) -> Detections:
-        """Top-k per level above the score threshold, decode, one batched NMS, best D per image."""
+        """Top-k per level above the score threshold, decode, one batched NMS, best D per image.
+
+        Candidates enter NMS in (image, anchor, class) order, so equal scores are resolved the same way
+        whatever the top-k selection did internally."""
         cfg = self.cfg
         B, N, K = cls_logits.shape
         p = cfg.score_thresh
         logit_thresh = -math.inf if p <= 0 else (math.inf if p >= 1 else math.log(p / (1 - p)))
 
-        # 1. top-k candidates per level (on logits: sigmoid is monotonic), batched over images
-        vals, flat_idx, start = [], [], 0
+        # 1. top-k candidates above the threshold per level and image (on logits: sigmoid is monotonic),
+        #    without sorting whole levels (see topk_above); kept in (image, anchor, class) order
+        b_parts, f_parts, start = [], [], 0
         for n in level_sizes:
-            lg = cls_logits[:, start:start + n, :].reshape(B, n * K)
             k = min(cfg.topk_candidates, n * K)
-            v, i = lg.topk(k, dim=1, sorted=False)
-            vals.append(v)
-            flat_idx.append(i + start * K)
+            for b in range(B):
+                idx = topk_above(cls_logits[b, start:start + n].reshape(-1), k, logit_thresh)
+                b_parts.append(torch.full_like(idx, b))
+                f_parts.append(idx.add_(start * K))
             start += n
-        vals_t = torch.cat(vals, dim=1)
-        idx_t = torch.cat(flat_idx, dim=1)
+        b_idx, flat = torch.cat(b_parts), torch.cat(f_parts)
+        order = torch.argsort(b_idx * (N * K) + flat)
+        b_idx, flat = b_idx[order], flat[order]
 
-        # 2. threshold, decode and clip every surviving candidate of every image at once
-        b_idx, j = (vals_t > logit_thresh).nonzero(as_tuple=True)
-        flat = idx_t[b_idx, j]
+        # 2. decode and clip every surviving candidate of every image at once
         anchor_idx = torch.div(flat, K, rounding_mode="floor")
         labels = flat - anchor_idx * K
-        scores = vals_t[b_idx, j].float().sigmoid()
+        scores = cls_logits.reshape(B, N * K)[b_idx, flat].float().sigmoid()
         boxes = self.box_coder.decode(box_deltas[b_idx, anchor_idx].float(), anchors[anchor_idx])
         sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(-1, 2)[b_idx]
         boxes = torch.stack([boxes[:, 0].clamp(min=0).minimum(sizes[:, 1]),
