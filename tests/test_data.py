@@ -19,17 +19,14 @@ from retinanet.data import (
     Compose,
     RandomHorizontalFlip,
     ResizeShortestSide,
-    ResumableSampler,
     ToTensor,
     VOC_CLASSES,
     VOCDetection,
-    build_loader,
     build_transforms,
     collate,
     get_output_size,
     map_boxes_to_original,
     normalize,
-    set_loader_epoch,
 )
 
 torch.set_num_threads(1)
@@ -347,94 +344,18 @@ def test_normalize_matches_collate():
 # ------------------------------------------------------------------------------------------ loader
 
 
-class _Flips(torch.utils.data.Dataset):
-    """Index i -> box [i, 0, i + 1, 1] on a 4x32 image, randomly flipped: the flip shows in the box
-    (flipped: x1 = 31 - i >= 16; not flipped: x1 = i < 16)."""
-
-    def __init__(self, n: int = 10) -> None:
-        self.n = n
-        self.tf = Compose([RandomHorizontalFlip(0.5), ToTensor()])
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        t = {"boxes": torch.tensor([[float(i), 0.0, i + 1.0, 1.0]]), "orig_size": (4, 32), "size": (4, 32)}
-        return self.tf(np.zeros((4, 32, 3), np.uint8), t)
-
-
-def _boxes(loader):
-    return [b.targets[j]["boxes"][0].tolist() for b in loader for j in range(len(b.targets))]
-
-
-def test_loader_reproducible_and_resumable():
-    ds = _Flips(10)
-    run = lambda: _boxes(build_loader(ds, 3, shuffle=True, num_workers=0, seed=5))  # noqa: E731
-    first = run()
-    assert first == run()
-    assert len(first) == 10
-    starts = sorted(min(b[0], 32 - b[2]) for b in first)  # undo the flip: every index exactly once
-    assert starts == [float(i) for i in range(10)]
-    flipped = [b[0] >= 16 for b in first]
-    assert 0 < sum(flipped) < 10  # some flipped, some not (seeded: deterministic)
-
-    loader = build_loader(ds, 3, shuffle=True, num_workers=0, seed=5)
-    set_loader_epoch(loader, 1)
-    epoch1 = _boxes(loader)
-    assert epoch1 != first
-    set_loader_epoch(loader, 1, start_batch=2)
-    assert len(loader) == 2  # 4 samples left -> batches of 3 and 1
-    assert _boxes(loader) == epoch1[6:]  # same order AND same flips after resuming
-    # the training RNG of the main process is not disturbed by per-item seeding
-    torch.manual_seed(0)
-    a = torch.rand(3)
-    torch.manual_seed(0)
-    _boxes(loader)
-    assert torch.equal(torch.rand(3), a)
-
-
-def test_loader_same_with_workers():
-    ds = _Flips(6)
-    no_workers = _boxes(build_loader(ds, 2, shuffle=True, num_workers=0, seed=1))
-    with_worker = _boxes(build_loader(ds, 2, shuffle=True, num_workers=1, seed=1))
-    assert no_workers == with_worker
-
-
-def test_sampler_shards_cover_dataset():
-    shards = [list(ResumableSampler(7, shuffle=True, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 4
-    idx = [i for s in shards for i, _ in s]
-    assert set(idx) == set(range(7)) and len(idx) == 8  # padded by one repeat
-    seeds = {i: s for sh in shards for i, s in sh}
-    single = dict(ResumableSampler(7, shuffle=True, seed=3))
-    assert all(single[i] == s for i, s in seeds.items())  # item seeds do not depend on sharding
-    with pytest.raises(ValueError, match="empty"):
-        ResumableSampler(0)
-
-
-def test_loader_batches_real_dataset(tmp_path):
-    image_dir, ann = make_coco(tmp_path)
-    ds = CocoDetection(image_dir, ann, transforms=build_transforms(True, (40, 48), 200, 0.5))
-    loader = build_loader(ds, 2, shuffle=False, num_workers=0, seed=0)
-    batches = list(loader)
-    assert [len(b.targets) for b in batches] == [2, 1]
-    assert batches[0].images.shape[-2:] == (128, 128)
-    assert loader.dataset.class_names == ["cat", "dog", "bird"]  # forwarded to the dataset
-    assert callable(loader.dataset.coco_gt)
-
-
 def test_datasets_pickle_for_spawned_workers(tmp_path):
     import pickle
 
-    from retinanet.data.collate import _SeededItems
+    from retinanet.data.sampler import SeededDataset
 
     image_dir, ann = make_coco(tmp_path / "coco")
     coco = CocoDetection(image_dir, ann, transforms=build_transforms(True, (40, 48), 200, 0.5))
     voc = VOCDetection(make_voc(tmp_path / "voc"), "train")
     for ds in (coco, voc):
-        copy = pickle.loads(pickle.dumps(_SeededItems(ds)))
-        assert len(copy) == len(ds) and copy.class_names == ds.class_names
-        torch.testing.assert_close(copy[(0, 123)][0], _SeededItems(ds)[(0, 123)][0])
+        copy = pickle.loads(pickle.dumps(SeededDataset(ds, seed=7)))
+        assert len(copy) == len(ds) and copy.dataset.class_names == ds.class_names
+        torch.testing.assert_close(copy[(0, 3)][0], SeededDataset(ds, seed=7)[(0, 3)][0])
 
 
 def test_logging_quiet_for_clean_data(tmp_path, caplog):

@@ -6,8 +6,7 @@ Item contract: ``(image float32 [3, H, W] RGB 0-1, target)`` with ``target["boxe
 Batches: :func:`collate` -> :class:`Batch` ``(images [B, 3, Hp, Wp] normalized + padded, targets,
 image_sizes)``. Bad data raises :class:`DataError` (a ``ValueError``) naming the file.
 
-Modules: ``image_io`` (load_image), ``coco``, ``voc``, ``transforms``, ``collate`` (batching and a
-reproducible loader), ``errors``; ``synth`` (synthetic scenes) and ``build`` (datasets from a config)
+Modules: ``image_io`` (load_image), ``coco``, ``voc``, ``transforms``, ``collate`` (batching), ``errors``; ``synth`` (synthetic scenes) and ``build`` (datasets from a config)
 are imported from their modules directly.
 """
 
@@ -16,11 +15,8 @@ from .collate import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Batch,
-    ResumableSampler,
-    build_loader,
     collate,
     normalize,
-    set_loader_epoch,
 )
 from .errors import DataError
 from .image_io import get_max_image_pixels, load_image, set_max_image_pixels
@@ -60,7 +56,4 @@ __all__ = [
     "Batch",
     "collate",
     "normalize",
-    "build_loader",
-    "ResumableSampler",
-    "set_loader_epoch",
 ]

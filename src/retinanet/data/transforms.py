@@ -16,7 +16,7 @@ Both use bilinear interpolation with half-pixel centres, antialiased when downsc
 target dict (the input one is not modified).
 
 Randomness: random transforms draw from their own ``torch.Generator`` when given one (``generator=``
-or ``seed=``), else from torch's global CPU generator. :func:`retinanet.data.collate.build_loader`
+or ``seed=``), else from torch's global CPU generator. :class:`retinanet.data.sampler.SeededDataset`
 reseeds that global generator for every item from ``(seed, epoch, index)``, so augmentation is the
 same whatever the number of workers and after resuming mid-epoch.
 """
