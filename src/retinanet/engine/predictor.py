@@ -176,6 +176,9 @@ class Predictor:
         self.cfg = det.cfg
         self.device = det.device
         self.model = det.model
+        # what predict runs: a copy with BN folded and conv + bias + ReLU fused (same detections up to
+        # float rounding, faster on CPU); self.model stays the checkpoint's model (state dict, export)
+        self.inference_model = self.model.fuse_for_inference()
         self.class_names: list[str] = det.class_names
         self.label_to_category_id: list[int] = det.label_to_category_id
         d = self.cfg.data
@@ -199,7 +202,7 @@ class Predictor:
         try:
             with torch.inference_mode():
                 for batch in loader:
-                    outs = self.model(batch.images.to(self.device), image_sizes=batch.image_sizes)
+                    outs = self.inference_model(batch.images.to(self.device), image_sizes=batch.image_sizes)
                     for t, det in zip(batch.targets, outs):
                         boxes = map_boxes_to_original(det["boxes"].float().cpu(), t)
                         labels = det["labels"].cpu()
