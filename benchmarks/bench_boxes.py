@@ -96,16 +96,21 @@ def main(argv=None) -> dict:
     p.add_argument("--num-gt", type=int, default=500)
     p.add_argument("--num-anchors", type=int, default=200000)
     p.add_argument("--skip-naive", action="store_true", help="skip the full-matrix matcher (needs ~1.5 GB)")
+    p.add_argument("--malloc", choices=["default", "keep"], default="default",
+                   help="allocator mode (retinanet.engine.runtime.configure_runtime); the CLI uses keep")
     p.add_argument("--json", default=None, help="write results here (default: print to stdout)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    from retinanet.engine.runtime import configure_runtime
+
+    configure_runtime(args.malloc)
     torch.set_num_threads(args.threads)
 
     if args.worker:
         print(json.dumps(matcher_worker(args.worker, args.num_gt, args.num_anchors)))
         return {}
 
-    results: dict = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or
+    results: dict = {"torch": torch.__version__, "threads": args.threads, "malloc": args.malloc, "cpu": platform.processor() or
                      platform.machine(), "cpus": os.cpu_count(), "nms": [], "matcher": []}
     cases = [(1000, 80, True), (5000, 80, True), (5000, 80, False), (5000, 1, True), (5000, 1, False)]
     print(f"{'op':<12}{'boxes':>7}{'classes':>9}{'layout':>11}{'kept':>7}{'ms':>10}")
@@ -125,7 +130,7 @@ def main(argv=None) -> dict:
     kinds = ["chunked"] + ([] if args.skip_naive else ["naive"])
     print(f"\nmatcher {args.num_gt} gt x {args.num_anchors} anchors")
     for kind in kinds:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--threads", str(args.threads),
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--threads", str(args.threads), "--malloc", args.malloc,
                "--num-gt", str(args.num_gt), "--num-anchors", str(args.num_anchors)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])

@@ -14,6 +14,7 @@ and the peak extra resident memory of one forward + backward (RSS high-water mar
 previous call; ``peak_extra_cold_mb`` is the first call after dropping it (includes the gradient).
 
     python benchmarks/bench_focal.py --shape 2,120000,80 --pos-frac 0.01 --runs 5 --warmup 1 --out f.json
+    (--malloc keep: glibc keeps freed memory, as the CLI sets it; default: the machine as it is)
 """
 
 from __future__ import annotations
@@ -82,9 +83,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc", choices=["default", "keep"], default="default",
+                    help="allocator mode (retinanet.engine.runtime.configure_runtime); the CLI uses keep")
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
 
+    from retinanet.engine.runtime import configure_runtime
+
+    configure_runtime(args.malloc)
     torch.set_num_threads(args.threads)
     shape = tuple(int(s) for s in args.shape.split(","))
     if len(shape) < 2:
@@ -162,6 +168,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "runs": args.runs,
         "warmup": args.warmup,
         "threads": args.threads,
+        "malloc": args.malloc,
         "torch": torch.__version__,
         "results": results,
     }

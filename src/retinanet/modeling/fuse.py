@@ -5,14 +5,15 @@ float rounding) with fewer passes over memory:
 
 - every :class:`~retinanet.modeling.backbone.FrozenBatchNorm2d` is folded into the conv that feeds it
   (weights scaled per output channel, a bias added; computed in float64);
-- the ReLU (or ReLU6) after a conv, and in ResNet blocks the residual addition plus the final ReLU, are
-  fused into the convolution itself when the CPU build of PyTorch has oneDNN's fused convolution
-  (``torch.ops.mkldnn._convolution_pointwise``, the op ``torch.compile`` uses for the same fusion);
-  the weights are then also pre-packed once into oneDNN's blocked layout instead of being reordered
-  at every call (the head reuses each weight on five pyramid levels), and tiny levels (P6, P7) no
-  longer fall back to PyTorch's slow im2col convolution;
-- where that op is missing, or for inputs it does not cover (CUDA, half precision, autograd), each
-  :class:`FusedConv2d` runs the plain ``F.conv2d`` + in-place add / ReLU, which is the same math.
+- each conv then runs as one :class:`FusedConv2d`: ``F.conv2d`` with the folded bias, followed by the
+  in-place residual add and ReLU / ReLU6 (default, ``use_mkldnn=False``);
+- optionally (``use_mkldnn=True``) conv + bias + residual add + activation run as one oneDNN call
+  (``torch.ops.mkldnn._convolution_pointwise``, the op ``torch.compile`` uses for the same fusion),
+  which saves the elementwise passes and their thread synchronisations. Measured on the project's
+  2-vCPU machine (BENCHMARKS.md) this is no faster on a quiet machine and sometimes a few % slower,
+  but much faster when other processes compete for the cores (fewer parallel regions to wait on); it
+  falls back to the plain path where the op is missing or the input is not CPU float32 without
+  autograd.
 
 The result is for inference only: its ``state_dict`` is not the original's (BatchNorm entries are
 gone, conv weights are scaled), so keep the unfused model for checkpoints, training and export; a
@@ -71,9 +72,8 @@ class FusedConv2d(nn.Module):
 
     ``forward(x, residual=None)``: ``x [B, C_in, H, W]``; ``residual`` (optional) of the output's shape
     is added before the activation (ResNet shortcut). ``act`` is None, ``"relu"`` or ``"relu6"``.
-    Weights are buffers (nothing trainable). On CPU float32 inputs without autograd, one oneDNN call
-    does conv + bias + add + activation with a weight packed once (see the module doc); otherwise
-    ``F.conv2d`` and in-place ops.
+    Weights are buffers (nothing trainable). ``F.conv2d`` and in-place ops, or with ``use_mkldnn`` (on
+    CPU float32 inputs without autograd) one oneDNN call for conv + bias + add + activation.
     """
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[FrozenBatchNorm2d] = None, act: Optional[str] = None,
@@ -106,37 +106,21 @@ class FusedConv2d(nn.Module):
         self.dilation = list(conv.dilation)
         self.groups = conv.groups
         self.act = act
-        self.use_mkldnn = mkldnn_fusion_available() if use_mkldnn is None else bool(use_mkldnn)
-        self._packed: Optional[Tensor] = None
+        self.use_mkldnn = bool(use_mkldnn) and mkldnn_fusion_available()
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={tuple(self.stride)}, "
                 f"padding={tuple(self.padding)}, groups={self.groups}, act={self.act}, mkldnn={self.use_mkldnn}")
-
-    def _apply(self, fn, recurse=True):  # .to(), .half(), channels_last, ...: the packed copy is stale
-        self._packed = None
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self):  # deepcopy / pickle: drop the oneDNN-packed copy (rebuilt on first use)
-        state = self.__dict__.copy()
-        state["_packed"] = None
-        return state
 
     def _fast(self, x: Tensor) -> bool:
         return (self.use_mkldnn and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and x.dim() == 4
                 and not (torch.is_grad_enabled() and x.requires_grad))
 
-    def _packed_weight(self, x: Tensor) -> Tensor:
-        if self._packed is None:
-            self._packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, self.stride, self.dilation, self.groups, list(x.shape))
-        return self._packed
-
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         if self._fast(x) and (residual is None or (residual.dtype == x.dtype and residual.device == x.device)):
             mk = torch.ops.mkldnn
-            w = self._packed_weight(x)
+            w = self.weight
             unary, scalars = ("none", []) if self.act is None else (
                 ("relu", []) if self.act == "relu" else ("hardtanh", [0.0, 6.0]))
             if residual is None:
@@ -255,8 +239,8 @@ def _fuse_tree(module: nn.Module, use_mkldnn: Optional[bool]) -> None:
 def fuse_for_inference(module: nn.Module, inplace: bool = False, use_mkldnn: Optional[bool] = None) -> nn.Module:
     """The inference-fused form of ``module`` (see the module doc); eval mode, no gradients.
 
-    ``use_mkldnn``: None = use oneDNN's fused convolution when available, False = plain PyTorch ops
-    only (same folding), True = require it.
+    ``use_mkldnn``: False / None (default) = plain PyTorch ops on the folded weights; True = one oneDNN
+    fused convolution per conv (raises if this PyTorch build lacks it).
     """
     if use_mkldnn and not mkldnn_fusion_available():
         raise RuntimeError("fuse_for_inference: oneDNN fused convolution is not available in this PyTorch build")

@@ -128,8 +128,8 @@ class RetinaNet(nn.Module):
 
     def fuse_for_inference(self, inplace: bool = False, use_mkldnn: Optional[bool] = None) -> "RetinaNet":
         """An inference-only copy (or, with ``inplace``, this model) with every FrozenBatchNorm2d folded
-        into its conv and conv + bias + residual + ReLU fused into one oneDNN call where available (see
-        :mod:`retinanet.modeling.fuse`). Same detections up to float rounding; faster on CPU.
+        into its conv, and with ``use_mkldnn=True`` conv + bias + residual + ReLU fused into one oneDNN
+        call (see :mod:`retinanet.modeling.fuse`). Same detections up to float rounding.
 
         The fused model is in eval mode and refuses ``train()``; its state dict is not the checkpoint
         format, so keep the unfused model for checkpoints, training and export.
