@@ -224,3 +224,26 @@ def test_topk_above_ignores_nan():
     x = torch.tensor([0.5, float("nan"), 2.0, -1.0])
     assert topk_above(x, 2).tolist() == [0, 2]
     assert topk_above(x, 10, 0.0).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("size", ["32-blocks", "64-blocks", "128-blocks"])
+@pytest.mark.parametrize("tau", [-float("inf"), -3.0, 0.5, 1.9, 3.5, float("inf")])
+def test_nonzero_gt_block_scan_equals_plain_compare(tau, size):
+    """The block-maximum scan (large CPU inputs) finds exactly ``(x > tau).nonzero()``: with NaN in a
+    block that also holds a large value, values in the ragged tail, and taus that make few or most
+    blocks qualify (the chunked fallback)."""
+    from retinanet.modeling.retinanet import _BLOCK, _CHUNK, _block_size, _nonzero_gt
+
+    base = {"32-blocks": _CHUNK, "64-blocks": 1 << 21, "128-blocks": 1 << 23}[size]
+    m = base + _BLOCK * 3 + 57  # ragged tail of 57 values
+    assert _block_size(m) == int(size.split("-")[0])
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(m, generator=g) - 3.0
+    x[5 * _BLOCK + 3] = float("nan")
+    x[5 * _BLOCK + 9] = 2.0  # same block as the NaN: must still be found
+    x[777 * _BLOCK] = float("nan")  # a block with NaN and nothing large
+    x[m - 1] = 4.0  # in the tail
+    x[m - 60] = 2.5
+    ref = (x > tau).nonzero().squeeze(1)
+    torch.testing.assert_close(_nonzero_gt(x, tau), ref, rtol=0, atol=0)
+    torch.testing.assert_close(_nonzero_gt(x[1:], tau), (x[1:] > tau).nonzero().squeeze(1), rtol=0, atol=0)
