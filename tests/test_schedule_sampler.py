@@ -1,6 +1,7 @@
 """Learning-rate schedule and the deterministic, resumable, shardable data order."""
 
 import itertools
+import math
 import random
 
 import pytest
@@ -20,6 +21,28 @@ def test_paper_schedule():
     assert lr_at(79999, **kw) == pytest.approx(0.001)
     assert lr_at(80000, **kw) == pytest.approx(0.0001)
     assert lr_at(89999, **kw) == pytest.approx(0.0001)
+
+
+def test_cosine_schedule():
+    kw = dict(base_lr=0.02, max_iter=1000, warmup_iters=100, warmup_factor=0.001, steps=(2 / 3, 8 / 9), gamma=0.1,
+              schedule="cosine")
+    assert lr_at(0, **kw) == pytest.approx(0.02 * 0.001)
+    # warmup multiplies the cosine value: at 50, half warmed up and cos(pi * 0.05) on the way down
+    assert lr_at(50, **kw) == pytest.approx(0.02 * (0.001 * 0.5 + 0.5) * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert lr_at(500, **kw) == pytest.approx(0.01)  # half way: half the base lr
+    assert lr_at(750, **kw) == pytest.approx(0.02 * 0.5 * (1 - math.sqrt(0.5)))
+    assert lr_at(1000, **kw) == pytest.approx(0.0, abs=1e-12)
+    values = [lr_at(i, **kw) for i in range(100, 1001)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # never increases after warmup
+
+
+def test_schedule_is_validated():
+    from retinanet.config import Config, ConfigError, validate
+
+    cfg = Config()
+    cfg.solver.schedule = "linear"
+    with pytest.raises(ConfigError, match="solver.schedule"):
+        validate(cfg)
 
 
 def _take(sampler, n):

@@ -140,7 +140,8 @@ class SolverConfig:
     epochs: Optional[float] = None  # if set, max_iter = ceil(epochs * len(dataset) / batch_size)
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
-    steps: tuple[float, ...] = (2 / 3, 8 / 9)  # fractions of max_iter
+    schedule: str = "step"  # step (the paper's: times gamma at each of `steps`) | cosine (to 0 at max_iter)
+    steps: tuple[float, ...] = (2 / 3, 8 / 9)  # fractions of max_iter (step schedule)
     gamma: float = 0.1
     clip_grad_norm: Optional[float] = None
     amp: str = "off"  # off | bf16 | fp16 (fp16 on CUDA only)
@@ -352,6 +353,7 @@ def validate(cfg: Config) -> None:
     _check(0 < s.warmup_factor <= 1, "solver.warmup_factor", "must be in (0, 1]", s.warmup_factor)
     _check(all(0 < x <= 1 for x in s.steps) and list(s.steps) == sorted(s.steps), "solver.steps",
            "must be increasing fractions of max_iter in (0, 1]", s.steps)
+    _check(s.schedule in ("step", "cosine"), "solver.schedule", "must be step or cosine", s.schedule)
     _check(0 < s.gamma <= 1, "solver.gamma", "must be in (0, 1]", s.gamma)
     _check(s.clip_grad_norm is None or s.clip_grad_norm > 0, "solver.clip_grad_norm", "must be > 0 or null",
            s.clip_grad_norm)

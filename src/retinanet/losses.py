@@ -65,6 +65,9 @@ _REDUCTIONS = ("none", "sum", "mean")
 # Elements per chunk on the CPU: ~1 MB per float32 buffer, so the handful of buffers stays in cache
 # and no fresh large allocation (a page-fault storm on this kind of VM) happens per call.
 _CPU_CHUNK_ELEMS = 1 << 18
+# Largest sign-adjusted logit for which the single-exp CPU path is used (exp(30) ~ 1e13, far from
+# overflow); above it the chunk falls back to sigmoid + softplus, which are exact for any logit.
+_EXP_PATH_MAX = 30.0
 # On accelerators launch overhead dominates; use far bigger chunks.
 _ACCEL_CHUNK_ELEMS = 1 << 24
 
@@ -152,8 +155,16 @@ def _core_chunk(
     ``grad_out`` (optional) receives d loss / d u. Buffers 0..2 of ``bufs`` are used.
     """
     m, k = u.shape
-    q = torch.sigmoid(u, out=bufs.get(0, m, k))  # 1 - p_t
-    ce = F.softplus(u) if not _HAS_SOFTPLUS_OUT else _softplus_out(u, bufs.get(1, m, k))  # -log p_t
+    if (u.device.type == "cpu" and u.dtype == torch.float32 and u.numel() > 0
+            and float(u.max()) <= _EXP_PATH_MAX):
+        # one exp for both: e = exp(u), q = e / (1 + e), ce = log1p(e) (fewer transcendental passes
+        # than sigmoid + softplus; same values up to float rounding). NaN or large u take the path below.
+        e = torch.exp(u, out=bufs.get(1, m, k))
+        q = torch.div(e, torch.add(e, 1.0, out=bufs.get(0, m, k)), out=bufs.get(0, m, k))
+        ce = e.log1p_()
+    else:
+        q = torch.sigmoid(u, out=bufs.get(0, m, k))  # 1 - p_t
+        ce = F.softplus(u) if not _HAS_SOFTPLUS_OUT else _softplus_out(u, bufs.get(1, m, k))  # -log p_t
     scalar = not isinstance(scale, Tensor)
 
     if gamma == 0.0:

