@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
+import sys
 import time
 from typing import Callable, Optional
 
@@ -30,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 import retinanet.losses as losses
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import reset_peak_rss, status_kb  # noqa: E402
 
 
 def naive_focal_sum(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -42,34 +47,14 @@ def naive_focal_sum(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.25, gamma
     return (alpha_t * loss).sum()
 
 
-def _status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_extra_mb(fn: Callable[[], None]) -> Optional[float]:
     """Peak RSS above the starting RSS while running ``fn`` (None where /proc cannot tell)."""
     gc.collect()
-    if not _reset_hwm():
+    if not reset_peak_rss():
         return None
-    base = _status_kb("VmRSS")
+    base = status_kb("VmRSS")
     fn()
-    hwm = _status_kb("VmHWM")
+    hwm = status_kb("VmHWM")
     if base is None or hwm is None:
         return None
     return max(hwm - base, 0) / 1024.0
