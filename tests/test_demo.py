@@ -5,6 +5,7 @@ or broken model reaches, pictures and summary written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,68 @@ def test_quick_demo_learns_and_writes_its_outputs(tmp_path, capsys):
     data = json.loads((tmp_path / summary["dataset"].split("/")[-1] / "annotations" / "instances_val.json")
                       .read_text())
     assert len(data["images"]) == 40 and len(data["categories"]) == 8
+
+
+def test_fit_iterations() -> None:
+    from retinanet.engine.demo import fit_iterations
+
+    # plenty of time: the planned number, no more
+    assert fit_iterations(200, 0.1, 1000.0, 2800, 2 / 3) == 2800
+    # 300 s left at 0.2 s per step after 200 steps: 1500 more
+    assert fit_iterations(200, 0.2, 300.0, 2800, 2 / 3) == 1700
+    # hopeless: just enough that the first lr step (2/3 of the total) is still ahead of step 600
+    assert fit_iterations(600, 1.0, 10.0, 2800, 2 / 3) == 901
+    assert fit_iterations(600, 1.0, -50.0, 2800, 2 / 3) == 901
+
+
+class _FakeTrainer:
+    def __init__(self, max_iter: int) -> None:
+        from retinanet.config import Config
+
+        self.cfg, self.max_iter, self.iteration = Config(), max_iter, 0
+
+
+def test_time_budget_lowers_max_iter_only_before_the_first_lr_step(monkeypatch) -> None:
+    import retinanet.engine.demo as demo
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock["t"])
+    hook = demo.TimeBudget(t0=0.0, budget_s=600.0, reserve_s=60.0, every=100)
+    tr = _FakeTrainer(2800)
+    for it in range(1, 201):  # 0.25 s per step
+        clock["t"] += 0.25
+        tr.iteration = it
+        hook(tr)
+    # at step 200, 50 s spent: (600 - 50 - 60) / 0.25 = 1960 more steps
+    assert tr.max_iter == 200 + 1960
+    for it in range(201, 1501):  # the machine gets faster: back up, never above the plan
+        clock["t"] += 0.05
+        tr.iteration = it
+        hook(tr)
+    assert tr.max_iter == 2800
+    for it in range(1501, 2001):  # much slower: at step 1600 the budget is gone, so the fewest steps
+        clock["t"] += 1.0       # that keep the first lr step (2/3 of the total) ahead: 1.5 * 1600 + 1
+        tr.iteration = it
+        hook(tr)
+        if it == 1600:
+            assert tr.max_iter == 2401
+    assert tr.max_iter == 2401  # from step 1700 on, past 2/3 of 2401: nothing changes any more
+
+
+def test_trainer_ends_normally_when_a_hook_lowers_max_iter(tmp_path) -> None:
+    from retinanet.engine.demo import demo_config
+    from retinanet.engine.trainer import Trainer
+
+    from retinanet.data.synth import ensure_synthetic_coco
+
+    cfg = demo_config(tmp_path / "demo", quick=True, overrides=["solver.max_iter=12", "solver.warmup_iters=2",
+                                                                 "train.checkpoint_period=100"])
+    ensure_synthetic_coco(Path(cfg.data.train_images).parent, num_train=8, num_val=4, image_size=(256, 256), seed=0)
+
+    def lower(tr) -> None:
+        if tr.iteration == 3:
+            tr.max_iter = 5
+
+    res = Trainer(cfg, resume=False, progress=False, hooks=[lower]).train()
+    assert res.iteration == 5 and not res.stopped_early
+    assert res.final_checkpoint.name == "model_final.pth" and "AP" in res.metrics

