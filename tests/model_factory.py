@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from retinanet.config import config_to_dict, load_config
 from retinanet.engine.checkpoint import get_rng_state, save_checkpoint
+from retinanet.modeling.backbone import FrozenBatchNorm2d
 from retinanet.modeling.retinanet import RetinaNet
 
 CLASS_NAMES = ["circle", "square", "triangle"]
@@ -75,3 +77,16 @@ def write_image(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     Image.fromarray(img.astype(np.uint8)).save(path)
     return path
 
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Give every (Frozen)BatchNorm random affine parameters and statistics, so that folding or
+    loading them is actually checked (identity statistics would hide mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            c = m.running_mean.numel()
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)

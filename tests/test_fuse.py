@@ -16,21 +16,11 @@ from retinanet.modeling.backbone import FrozenBatchNorm2d, build_backbone
 from retinanet.modeling.fuse import FusedConv2d, fuse_for_inference, mkldnn_fusion_available
 from retinanet.modeling.retinanet import RetinaNet
 
+from model_factory import randomize_bn
+
 torch.set_num_threads(1)
 
 PATHS = [False] + ([True] if mkldnn_fusion_available() else [])
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-            c = m.running_mean.numel()
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
 
 
 def small_model(backbone: str = "resnet18", channels_last: bool = True, classes: int = 5, **kw) -> RetinaNet:

