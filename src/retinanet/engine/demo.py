@@ -37,7 +37,6 @@ __all__ = ["demo_config", "run_demo", "fit_iterations", "TimeBudget"]
 #: seconds kept for evaluation, drawing and the summary after training (~30 s here), and as a margin
 _RESERVE_S = 60.0
 
-
 log = logging.getLogger("retinanet.demo")
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class DemoPlan:
     objects_per_image: tuple[int, int] = (3, 12)
     distractors_per_image: tuple[int, int] = (2, 6)
     clutter: float = 1.0
-    #: wall-clock budget of the whole run (None: always ``max_iter`` steps); see :func:`fit_iterations`
+    #: wall-clock budget of the whole run (None: always ``max_iter`` steps); see :class:`TimeBudget`
     time_budget_s: Optional[float] = None
 
     def data_dir_name(self) -> str:
