@@ -501,7 +501,7 @@ def _yaml(tmp_path, text: str, name: str = "cfg.yaml") -> Path:
     ("model:\n  allow_low_quality_matches: maybe\n", ["model.allow_low_quality_matches: expected true or false"]),
     ("solver:\n  base_lr: -0.01\n", ["solver.base_lr: must be a positive number (got -0.01)"]),
     ("model:\n  score_thresh: 1.5\n", ["model.score_thresh: must be in [0, 1] (got 1.5)"]),
-    ("data:\n  size_divisibility: 96\n", ["data.size_divisibility: must be a positive multiple of 128", "(got 96)"]),
+    ("data:\n  size_divisibility: 100\n", ["data.size_divisibility: must be a positive multiple of 32", "(got 100)"]),
     ("data:\n  min_size: [800]\n  max_size: 600\n", ["data.max_size: must be >= every data.min_size (got 600)"]),
 ])
 def test_config_file_errors_name_the_file_and_the_key(tmp_path, text, parts):

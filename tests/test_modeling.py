@@ -309,6 +309,38 @@ def test_mobilenet_freeze_at_and_frozen_bn_has_no_trainable_norm():
         assert p.dim() == 4, name  # only conv weights are parameters
 
 
+def test_mobilenet_folded_frozen_bn_equals_separate_bn_forward_and_backward():
+    """FoldedSequential runs conv + FrozenBatchNorm2d as one conv_bn call: same outputs and the same
+    weight gradients as running the modules one after the other (nn.Sequential)."""
+    from retinanet.modeling.backbone import FoldedSequential
+
+    torch.manual_seed(0)
+    body = build_backbone("mobilenet_v2", freeze_at=0)
+    randomize_bn(body)
+    x = torch.randn(2, 3, 64, 96)
+
+    def run(folded: bool):
+        body.zero_grad()
+        saved = FoldedSequential.forward
+        if not folded:
+            FoldedSequential.forward = nn.Sequential.forward
+        try:
+            outs = body(x)
+        finally:
+            FoldedSequential.forward = saved
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        return [o.detach() for o in outs], {n: p.grad.clone() for n, p in body.named_parameters()}
+
+    outs_f, grads_f = run(True)
+    outs_s, grads_s = run(False)
+    assert sum(isinstance(m, FoldedSequential) for m in body.modules()) >= 17
+    for a, b in zip(outs_f, outs_s):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert grads_f.keys() == grads_s.keys() and len(grads_f) == 52  # every conv weight
+    for n in grads_f:
+        torch.testing.assert_close(grads_f[n], grads_s[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="resnet49"):
         build_backbone("resnet49")

@@ -337,8 +337,8 @@ def validate(cfg: Config) -> None:
     _check(d.test_min_size > 0, "data.test_min_size", "must be > 0", d.test_min_size)
     _check(d.test_batch_size >= 1, "data.test_batch_size", "must be >= 1", d.test_batch_size)
     _check(0 <= d.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]", d.flip_prob)
-    _check(d.size_divisibility > 0 and d.size_divisibility % 128 == 0, "data.size_divisibility",
-           "must be a positive multiple of 128 so that P3..P7 align", d.size_divisibility)
+    _check(d.size_divisibility > 0 and d.size_divisibility % 32 == 0, "data.size_divisibility",
+           "must be a positive multiple of 32 (the stride of C5)", d.size_divisibility)
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
 
     _check(s.batch_size >= 1, "solver.batch_size", "must be >= 1", s.batch_size)

@@ -268,11 +268,30 @@ class ResNet(Backbone):
 # MobileNetV2
 
 
+class FoldedSequential(nn.Sequential):
+    """``nn.Sequential`` that runs each ``Conv2d`` followed by a :class:`FrozenBatchNorm2d` as one
+    :func:`conv_bn` call (no separate pass over the output, forward or backward); everything else, and
+    any pair rewritten by ``fuse_for_inference``, runs as in ``nn.Sequential``. Same keys."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        mods = list(self._modules.values())
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            if type(m) is nn.Conv2d and i + 1 < len(mods) and type(mods[i + 1]) is FrozenBatchNorm2d:
+                x = conv_bn(m, mods[i + 1], x)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
+        return x
+
+
 def _conv_norm_relu6(inp: int, out: int, kernel: int, stride: int, norm: Callable[[int], nn.Module],
                      groups: int = 1) -> nn.Sequential:
     """conv (no bias) -> norm -> ReLU6; keys ``0.weight``, ``1.*`` as torchvision's Conv2dNormActivation."""
-    return nn.Sequential(nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                         norm(out), nn.ReLU6(inplace=True))
+    return FoldedSequential(nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                            norm(out), nn.ReLU6(inplace=True))
 
 
 class InvertedResidual(nn.Module):
@@ -288,7 +307,7 @@ class InvertedResidual(nn.Module):
             layers.append(_conv_norm_relu6(inp, hidden, 1, 1, norm))
         layers += [_conv_norm_relu6(hidden, hidden, 3, stride, norm, groups=hidden),
                    nn.Conv2d(hidden, oup, 1, bias=False), norm(oup)]
-        self.conv = nn.Sequential(*layers)
+        self.conv = FoldedSequential(*layers)
         self.out_channels = oup
 
     def forward(self, x: Tensor) -> Tensor:
