@@ -64,6 +64,7 @@ def test_unknown_key_names_the_closest_valid_key():
     ("solver.base_lr=-0.1", r"solver.base_lr: must be a positive number"),
     ("model.score_thresh=1.5", r"model.score_thresh: must be in \[0, 1\]"),
     ("data.size_divisibility=48", r"data.size_divisibility: must be a positive multiple of 32"),
+    ("solver.backbone_lr_factor=0", r"solver.backbone_lr_factor: must be in \(0, 10\]"),
     ("solver.max_iter=abc", r"solver.max_iter: expected an integer, got 'abc'"),
     ("model.allow_low_quality_matches=3", r"expected true or false"),
     ("model.box_loss=iou", r"model.box_loss: must be smooth_l1, l1 or giou"),

@@ -99,3 +99,30 @@ def test_seeded_dataset_makes_augmentation_a_function_of_the_sample():
     assert ds[(3, 1)] == a
     assert ds[(3, 2)] != a and ds[(4, 1)] != a
     assert sample_seed(5, 1, 3) != sample_seed(5, 3, 1)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.25])
+def test_backbone_lr_factor_gives_the_backbone_its_own_learning_rate(tmp_path, factor):
+    """solver.backbone_lr_factor: the backbone body's trainable parameters step at lr * factor, the
+    FPN and head at lr; with 1.0 there is one parameter group (old checkpoints resume)."""
+    from retinanet.config import config_from_dict
+    from retinanet.engine.trainer import Trainer
+    from train_factory import make_coco_split, tiny_config
+
+    data = make_coco_split(tmp_path / "data")
+    cfg = config_from_dict(tiny_config(data, tmp_path / "out", solver={"max_iter": 2, "backbone_lr_factor": factor,
+                                                                      "momentum": 0.0, "weight_decay": 0.0}))
+    seen = []
+    trainer = Trainer(cfg, progress=False, hooks=[lambda t: seen.append([g["lr"] for g in t.optimizer.param_groups])])
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    if factor == 1.0:
+        assert len(groups) == 1 and all(len(s) == 1 for s in seen)
+        return
+    body, rest = groups
+    assert {names[id(p)].split(".")[1] for p in body["params"]} == {"body"}
+    assert all(not names[id(p)].startswith("backbone.body.") for p in rest["params"])
+    assert len(body["params"]) > 0 and len(rest["params"]) > 0
+    for lr_body, lr_rest in seen:
+        assert lr_body == pytest.approx(factor * lr_rest) and lr_rest > 0

@@ -268,3 +268,17 @@ def test_fashion_mnist_objects(tmp_path: Path) -> None:
     assert s["train"]["annotations"] >= 3
     scene = render_scene(0, SynthConfig(image_size=(160, 160), objects="fashion-mnist"))
     assert scene.labels.max() < 10 and len(scene.boxes) == len(scene.labels)
+
+
+def test_data_synth_cli_writes_a_coco_dataset(tmp_path: Path, capsys) -> None:
+    from retinanet.cli import main
+
+    out = tmp_path / "scenes"
+    assert main(["data", "synth", "--out", str(out), "--train", "3", "--val", "2", "--size", "96", "128",
+                 "--seed", "5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["params"]["seed"] == 5 and summary["num_classes"] == 8
+    for split, n in (("train", 3), ("val", 2)):
+        data = json.loads((out / "annotations" / f"instances_{split}.json").read_text())
+        assert len(data["images"]) == n and len(list((out / split).iterdir())) == n
+        assert {(im["height"], im["width"]) for im in data["images"]} == {(96, 128)}

@@ -134,6 +134,7 @@ class SolverConfig:
     optimizer: str = "sgd"  # sgd (the paper's) | adamw (momentum = beta1; faster on short CPU schedules)
     base_lr: float = 0.01
     reference_batch_size: int = 16  # lr = base_lr * batch_size / reference_batch_size
+    backbone_lr_factor: float = 1.0  # the backbone's trainable stages train at lr * this (FPN, head at lr)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     max_iter: int = 90000
@@ -345,6 +346,8 @@ def validate(cfg: Config) -> None:
     _check(s.base_lr > 0 and math.isfinite(s.base_lr), "solver.base_lr", "must be a positive number", s.base_lr)
     _check(s.reference_batch_size >= 1, "solver.reference_batch_size", "must be >= 1", s.reference_batch_size)
     _check(s.optimizer in ("sgd", "adamw"), "solver.optimizer", "must be sgd or adamw", s.optimizer)
+    _check(0 < s.backbone_lr_factor <= 10 and math.isfinite(s.backbone_lr_factor), "solver.backbone_lr_factor",
+           "must be in (0, 10]", s.backbone_lr_factor)
     _check(0 <= s.momentum < 1, "solver.momentum", "must be in [0, 1)", s.momentum)
     _check(s.weight_decay >= 0, "solver.weight_decay", "must be >= 0", s.weight_decay)
     _check(s.max_iter >= 1, "solver.max_iter", "must be >= 1", s.max_iter)

@@ -168,6 +168,18 @@ class Trainer:
         self._stop.requested = True
 
     # ------------------------------------------------------------------------------------------
+    def _param_groups(self) -> list:
+        """The trainable parameters: one list, or with ``solver.backbone_lr_factor != 1`` two groups
+        (backbone body at ``lr * factor``, FPN and head at ``lr``; the factor is kept in the group)."""
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        factor = self.cfg.solver.backbone_lr_factor
+        if factor == 1.0:
+            return [p for _, p in trainable]
+        body = [p for n, p in trainable if n.startswith("backbone.body.")]
+        rest = [p for n, p in trainable if not n.startswith("backbone.body.")]
+        return [g for g in ({"params": body, "lr_factor": factor}, {"params": rest, "lr_factor": 1.0})
+                if g["params"]]
+
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.train.seed)
@@ -176,7 +188,7 @@ class Trainer:
             raise ValueError("the training dataset has no images")
         self.val_set = build_dataset(cfg, train=False) if self._has_val() else None
         self.model = RetinaNet(cfg.model).to(self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self._param_groups()
         if cfg.solver.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
                 params, lr=cfg.solver.lr(), betas=(cfg.solver.momentum, 0.999),
@@ -399,7 +411,7 @@ class Trainer:
                 lr = lr_at(self.iteration, cfg.solver.lr(), self.max_iter, cfg.solver.warmup_iters,
                            cfg.solver.warmup_factor, cfg.solver.steps, cfg.solver.gamma, cfg.solver.schedule)
                 for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_factor", 1.0)
                 losses = self._step(batch, amp_dtype)
                 self.iteration += 1
                 it = self.iteration
