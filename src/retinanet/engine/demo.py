@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class DemoPlan:
 
     num_train: int
     num_val: int
-    size: int  # square scenes, trained and evaluated at this size
+    size: int  # square scenes, trained at this size
     max_iter: int
     batch: int
     warmup: int
@@ -56,6 +57,8 @@ class DemoPlan:
     clutter: float = 1.0
     #: wall-clock budget of the whole run (None: always ``max_iter`` steps); see :class:`TimeBudget`
     time_budget_s: Optional[float] = None
+    #: evaluation / prediction size (None: ``size``); larger than ``size`` helps the small objects
+    test_size: Optional[int] = None
 
     def data_dir_name(self) -> str:
         """Folder name of the generated dataset; differs whenever the scenes differ."""
@@ -66,8 +69,9 @@ class DemoPlan:
 
 #: the full demo (README, BENCHMARKS.md) and the ~1 minute version the tests run
 FULL = DemoPlan(num_train=1200, num_val=200, size=256, max_iter=2800, batch=2, warmup=150, base_lr=0.01, freeze_at=3,
-                time_budget_s=600.0)
-QUICK = DemoPlan(num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3)
+                time_budget_s=600.0, test_size=320)
+QUICK = DemoPlan(num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3,
+                 test_size=320)
 
 
 def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str]] = None,
@@ -75,6 +79,7 @@ def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str
     """The demo's config (a plain :class:`Config`; printed to ``out_dir/config.yaml`` by the trainer)."""
     p = plan or (QUICK if quick else FULL)
     data = out_dir.parent / p.data_dir_name()
+    test_size = p.test_size or p.size
     try:
         resolve_weights("imagenet", "mobilenet_v2")
         weights: Optional[str] = "imagenet"
@@ -90,8 +95,8 @@ def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str
     d["data"].update(format="coco", train_images=str(data / "train"),
                      train_annotations=str(data / "annotations" / "instances_train.json"),
                      val_images=str(data / "val"), val_annotations=str(data / "annotations" / "instances_val.json"),
-                     min_size=[p.size], max_size=p.size, test_min_size=p.size, flip_prob=0.5,
-                     num_workers=1, test_batch_size=8)
+                     min_size=[p.size], max_size=max(p.size, test_size), test_min_size=test_size,
+                     size_divisibility=32, flip_prob=0.5, num_workers=1, test_batch_size=8)
     d["solver"].update(batch_size=p.batch, base_lr=p.base_lr, reference_batch_size=p.batch,
                        max_iter=p.max_iter, warmup_iters=p.warmup, clip_grad_norm=10.0)
     d["train"].update(output_dir=str(out_dir), checkpoint_period=200, log_period=10, eval_period=0, seed=0)
@@ -109,7 +114,8 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
     data_root = Path(cfg.data.train_images).parent
     ensure_synthetic_coco(data_root, num_train=p.num_train, num_val=p.num_val,
                           image_size=(p.size, p.size), seed=0, objects_per_image=p.objects_per_image,
-                          distractors_per_image=p.distractors_per_image, clutter=p.clutter)
+                          distractors_per_image=p.distractors_per_image, clutter=p.clutter,
+                          workers=min(2, os.cpu_count() or 1))
     t_data = time.perf_counter() - t0
     hooks = []
     if p.time_budget_s is not None and not any(o.strip().startswith("solver.max_iter=") for o in overrides or []):
