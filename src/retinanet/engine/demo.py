@@ -97,8 +97,11 @@ def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str
                      val_images=str(data / "val"), val_annotations=str(data / "annotations" / "instances_val.json"),
                      min_size=[p.size], max_size=max(p.size, test_size), test_min_size=test_size,
                      size_divisibility=32, flip_prob=0.5, num_workers=1, test_batch_size=8)
+    # batch 2: the foreground count per batch swings 60..190, so the loss is normalized by its EMA
+    # (detectron2's default) and the pretrained backbone stages move at half the lr of FPN and head
+    d["model"].update(loss_normalizer="ema")
     d["solver"].update(batch_size=p.batch, base_lr=p.base_lr, reference_batch_size=p.batch,
-                       max_iter=p.max_iter, warmup_iters=p.warmup, clip_grad_norm=10.0)
+                       backbone_lr_factor=0.5, max_iter=p.max_iter, warmup_iters=p.warmup, clip_grad_norm=10.0)
     d["train"].update(output_dir=str(out_dir), checkpoint_period=200, log_period=10, eval_period=0, seed=0)
     d = apply_overrides(d, list(overrides or []))
     return config_from_dict(d)
