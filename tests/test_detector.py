@@ -195,3 +195,28 @@ def test_tiny_model_overfits_two_images():
         assert (best > 0.8).all(), iou
         assert torch.equal(labels, t["labels"][j])
         assert sorted(j.tolist()) == list(range(len(t["boxes"])))
+
+
+def test_inputs_padded_to_multiples_of_32_only():
+    """P6/P7 of a 160x224 input (multiples of 32, not of 128) are ceil(H / stride): anchors, head
+    outputs and targets stay aligned, training gives finite losses, inference returns boxes."""
+    torch.manual_seed(0)
+    model = RetinaNet(tiny_cfg(score_thresh=0.0))
+    images = torch.randn(2, 3, 160, 224)
+    features = model.backbone(images)
+    assert [tuple(f.shape[-2:]) for f in features] == [(20, 28), (10, 14), (5, 7), (3, 4), (2, 2)]
+    anchors = model.anchors_for(features)
+    cls_logits, box_deltas = model.head(features)
+    assert anchors.shape[0] == cls_logits.shape[1] == box_deltas.shape[1] == 9 * (560 + 140 + 35 + 12 + 4)
+    # the anchors of the last P7 cell are centred at (128, 128): the stride grid, not the input size
+    torch.testing.assert_close(anchors[-9:].view(9, 2, 2).mean(1), torch.full((9, 2), 128.0))
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 150.0, 140.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[100.0, 30.0, 130.0, 60.0]]), "labels": torch.tensor([2])}]
+    model.train()
+    losses = model(images, targets)
+    assert torch.isfinite(losses["loss_cls"]) and torch.isfinite(losses["loss_box"]) and losses["num_fg"] > 0
+    model.eval()
+    with torch.no_grad():
+        dets = model(images, image_sizes=[(160, 224), (150, 200)])
+    assert len(dets) == 2 and all(len(d["boxes"]) > 0 for d in dets)
+    assert float(dets[1]["boxes"][:, 2].max()) <= 200 and float(dets[1]["boxes"][:, 3].max()) <= 150

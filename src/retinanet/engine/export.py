@@ -262,7 +262,7 @@ class _Detector(nn.Module):
             raise ValueError("images must be a normalized [B, 3, H, W] float tensor")
         div = self.size_divisibility
         if images.size(2) % div != 0 or images.size(3) % div != 0:
-            raise ValueError("images must be padded to H and W multiples of size_divisibility (128)")
+            raise ValueError("images must be padded to H and W multiples of size_divisibility (export metadata)")
         bsz = images.size(0)
         if image_sizes is None:
             sizes = torch.tensor([images.size(2), images.size(3)], dtype=torch.long,

@@ -3,8 +3,9 @@ inference post-processing.
 
 ``RetinaNet(cfg).forward(images, targets=None, image_sizes=None)``
 
-- ``images``: float tensor ``[B, 3, H, W]``, already normalized and padded (H, W multiples of 128;
-  see ``retinanet.data.collate``). No preprocessing happens inside the model.
+- ``images``: float tensor ``[B, 3, H, W]``, already normalized and padded (H, W multiples of
+  ``data.size_divisibility``: 128 by default, any multiple of 32 works, P6/P7 are then
+  ``ceil(H / stride)``; see ``retinanet.data.collate``). No preprocessing happens inside the model.
 - ``targets`` (training): a list of ``B`` dicts with ``boxes`` ``[n, 4]`` (x1, y1, x2, y2 pixels of
   ``images``) and ``labels`` ``[n]`` (contiguous class indices ``0..K-1``).
 - ``image_sizes``: ``(h, w)`` of each image before padding; detections are clipped to it.
