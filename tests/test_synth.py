@@ -282,3 +282,26 @@ def test_data_synth_cli_writes_a_coco_dataset(tmp_path: Path, capsys) -> None:
         data = json.loads((out / "annotations" / f"instances_{split}.json").read_text())
         assert len(data["images"]) == n and len(list((out / split).iterdir())) == n
         assert {(im["height"], im["width"]) for im in data["images"]} == {(96, 128)}
+
+
+def test_parallel_generation_from_a_script_without_main_guard_falls_back(tmp_path: Path) -> None:
+    """Under the spawn start method a script without an ``if __name__ == "__main__":`` guard cannot
+    start worker processes; generation then finishes in the calling process (logged), same bytes."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from retinanet.data.synth import make_synthetic_coco\n"
+        "make_synthetic_coco(sys.argv[1], num_train=6, num_val=0, image_size=(64, 64), seed=2, workers=2)\n")
+    out = tmp_path / "parallel"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "worker processes failed" in proc.stderr and "if __name__" in proc.stderr
+    make_synthetic_coco(tmp_path / "serial", num_train=6, num_val=0, image_size=(64, 64), seed=2)
+    images = [f"train/{p.name}" for p in (tmp_path / "serial" / "train").iterdir()]
+    assert len(images) == 6
+    for rel in ["annotations/instances_train.json", *images]:
+        assert (out / rel).read_bytes() == (tmp_path / "serial" / rel).read_bytes(), rel

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ __all__ = [
     "make_synthetic_coco",
     "ensure_synthetic_coco",
 ]
+
+log = logging.getLogger("retinanet.synth")
 
 GENERATOR_VERSION = 2  # 2: distractors that cannot pass for a class (rods, cogs instead of polygons, blobs)
 META_NAME = "synth_meta.json"
@@ -820,6 +823,32 @@ def _render_item(args: tuple[str, str, int, int, SynthConfig, str, dict[str, Any
     }
 
 
+def _render_all(jobs: list, workers: int) -> Iterator[dict[str, Any]]:
+    """``_render_item`` of every job, in order; in ``workers`` spawned processes when there are enough
+    jobs. If the processes cannot start (under the spawn start method, a script without an
+    ``if __name__ == "__main__":`` guard re-runs itself in each child, which Python refuses), the
+    remaining jobs are rendered here instead, with a warning: same bytes, only slower."""
+    done = 0
+    if workers > 1 and len(jobs) >= 2 * workers:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            for r in pool.map(_render_item, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers)))):
+                done += 1
+                yield r
+            return
+        except BrokenProcessPool:
+            log.warning("synthetic scenes: the %d worker processes failed (a script that generates data "
+                        "needs an `if __name__ == \"__main__\":` guard); rendering the remaining %d images in "
+                        "this process", workers, len(jobs) - done)
+        finally:
+            pool.shutdown(cancel_futures=True)
+    yield from map(_render_item, jobs[done:])
+
+
 def _generate_split(
     out_dir: Path, split: str, num: int, seed: int, cfg: SynthConfig, image_format: str,
     debug: bool, progress: Callable[[str, int, int], None] | None,
@@ -829,43 +858,30 @@ def _generate_split(
     img_dir = out_dir / split
     img_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(img_dir), split, i, seed, cfg, image_format, source_kwargs) for i in range(num)]
-    if workers > 1 and num >= 2 * workers:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        results = pool.map(_render_item, jobs, chunksize=max(1, min(32, num // (4 * workers))))
-    else:
-        pool = None
-        results = map(_render_item, jobs)
     images, anns, debug_rows = [], [], []
     all_boxes, all_labels, all_vis = [], [], []
     n_dis = 0
-    try:
-        for i, r in enumerate(results):
-            images.append({"id": i + 1, "file_name": r["file_name"], "width": r["width"],
-                           "height": r["height"]})
-            for b, l in zip(r["boxes"].tolist(), r["labels"].tolist()):
-                w, h = b[2] - b[0], b[3] - b[1]
-                anns.append({
-                    "id": len(anns) + 1, "image_id": i + 1, "category_id": int(l) + 1,
-                    "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0,
-                })
-            all_boxes.append(r["boxes"])
-            all_labels.append(r["labels"])
-            all_vis.append(r["visible"])
-            n_dis += len(r["distractor_boxes"])
-            if debug:
-                debug_rows.append({
-                    "image_id": i + 1, "visible": [round(float(v), 4) for v in r["visible"]],
-                    "textures": r["textures"], "distractor_boxes": r["distractor_boxes"].tolist(),
-                    "distractor_kinds": r["distractor_kinds"],
-                })
-            if progress is not None:
-                progress(split, i + 1, num)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    for i, r in enumerate(_render_all(jobs, workers)):
+        images.append({"id": i + 1, "file_name": r["file_name"], "width": r["width"],
+                       "height": r["height"]})
+        for b, l in zip(r["boxes"].tolist(), r["labels"].tolist()):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({
+                "id": len(anns) + 1, "image_id": i + 1, "category_id": int(l) + 1,
+                "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0,
+            })
+        all_boxes.append(r["boxes"])
+        all_labels.append(r["labels"])
+        all_vis.append(r["visible"])
+        n_dis += len(r["distractor_boxes"])
+        if debug:
+            debug_rows.append({
+                "image_id": i + 1, "visible": [round(float(v), 4) for v in r["visible"]],
+                "textures": r["textures"], "distractor_boxes": r["distractor_boxes"].tolist(),
+                "distractor_kinds": r["distractor_kinds"],
+            })
+        if progress is not None:
+            progress(split, i + 1, num)
     coco = {
         "info": {
             "description": f"retinanet synthetic scenes ({cfg.objects}), split {split}",
