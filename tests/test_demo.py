@@ -71,11 +71,13 @@ def test_time_budget_lowers_max_iter_only_before_the_first_lr_step(monkeypatch) 
         hook(tr)
     # at step 200, 50 s spent: (600 - 50 - 60) / 0.25 = 1960 more steps
     assert tr.max_iter == 200 + 1960
+    assert hook.step_s == pytest.approx(0.25)  # what the demo's summary reports
     for it in range(201, 1501):  # the machine gets faster: back up, never above the plan
         clock["t"] += 0.05
         tr.iteration = it
         hook(tr)
     assert tr.max_iter == 2800
+    assert hook.step_s == pytest.approx(0.05)
     for it in range(1501, 2001):  # much slower: at step 1600 the budget is gone, so the fewest steps
         clock["t"] += 1.0       # that keep the first lr step (2/3 of the total) ahead: 1.5 * 1600 + 1
         tr.iteration = it
@@ -102,3 +104,19 @@ def test_trainer_ends_normally_when_a_hook_lowers_max_iter(tmp_path) -> None:
     res = Trainer(cfg, resume=False, progress=False, hooks=[lower]).train()
     assert res.iteration == 5 and not res.stopped_early
     assert res.final_checkpoint.name == "model_final.pth" and "AP" in res.metrics
+
+
+@pytest.mark.slow
+def test_demo_reports_when_the_time_budget_set_the_step_count(tmp_path, capsys) -> None:
+    """A budget too small for the plan: training stops at the fewest steps that keep the lr schedule
+    (301 of 400), and the summary says how many steps fit at what measured time per step."""
+    import dataclasses
+
+    from retinanet.engine import demo
+
+    plan = dataclasses.replace(demo.QUICK, num_train=8, num_val=4, max_iter=400, warmup=10, time_budget_s=1.0)
+    summary = demo.run_demo(tmp_path / "demo", plan=plan, progress=False)
+    assert summary["iterations"] == 301 and summary["steps_planned"] == 400
+    assert summary["ms_per_step"] > 0
+    printed = capsys.readouterr().out
+    assert f"time budget: 301 of up to 400 steps fit here ({summary['ms_per_step']:.0f} ms per step)" in printed

@@ -120,10 +120,10 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
                           distractors_per_image=p.distractors_per_image, clutter=p.clutter,
                           workers=min(2, os.cpu_count() or 1))
     t_data = time.perf_counter() - t0
-    hooks = []
+    budget = None
     if p.time_budget_s is not None and not any(o.strip().startswith("solver.max_iter=") for o in overrides or []):
-        hooks.append(TimeBudget(t0, p.time_budget_s))
-    result = Trainer(cfg, resume=False, progress=progress, hooks=hooks).train()
+        budget = TimeBudget(t0, p.time_budget_s)
+    result = Trainer(cfg, resume=False, progress=progress, hooks=[budget] if budget else []).train()
     t_train = time.perf_counter() - t0 - t_data
     gallery = out / "detections.png"
     _draw_gallery(cfg, result.final_checkpoint, gallery)
@@ -137,6 +137,8 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
         "dataset": str(data_root), "checkpoint": str(result.final_checkpoint),
         "gallery": str(gallery), "curves": str(out / "training_curves.png"),
         "metrics": str(out / "metrics.jsonl"),
+        "ms_per_step": round(budget.step_s * 1e3, 1) if budget and budget.step_s else None,
+        "steps_planned": cfg.solver.max_iter,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n".join([
@@ -146,6 +148,10 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
         f"  COCO AP {m.get('AP', float('nan')):.3f}   AP50 {m.get('AP50', float('nan')):.3f}   "
         f"AP75 {m.get('AP75', float('nan')):.3f}   APs {m.get('APs', float('nan')):.3f}   "
         f"APm {m.get('APm', float('nan')):.3f}   APl {m.get('APl', float('nan')):.3f}",
+        *([f"  time budget: {result.iteration} of up to {cfg.solver.max_iter} steps fit here "
+           f"({summary['ms_per_step']:.0f} ms per step); a slower machine fits fewer and scores lower "
+           f"(solver.max_iter=N fixes the count)"]
+          if summary["ms_per_step"] and result.iteration < cfg.solver.max_iter else []),
         f"  detections drawn: {gallery}",
         f"  training curves:  {out / 'training_curves.png'}",
         f"  checkpoint:       {result.final_checkpoint}",
@@ -177,6 +183,8 @@ class TimeBudget:
         self.t0, self.budget_s, self.reserve_s, self.every = t0, budget_s, reserve_s, every
         self._mark: Optional[tuple[int, float]] = None
         self.cap: Optional[int] = None
+        #: seconds per step of the last measurement (None before the first)
+        self.step_s: Optional[float] = None
 
     def __call__(self, trainer) -> None:
         it, now = trainer.iteration, time.perf_counter()
@@ -189,7 +197,7 @@ class TimeBudget:
         first = steps[0] if steps else 1.0
         if mark is None or it >= first * trainer.max_iter:
             return
-        step_s = (now - mark[1]) / max(it - mark[0], 1)
+        step_s = self.step_s = (now - mark[1]) / max(it - mark[0], 1)
         n = fit_iterations(it, step_s, self.budget_s - (now - self.t0) - self.reserve_s, self.cap, first)
         if n != trainer.max_iter:
             log.info("time budget: %.0f ms per step here, %d steps fit in %.0f s (was %d)", step_s * 1e3, n,
