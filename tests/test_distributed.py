@@ -178,3 +178,16 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(data, tmp_path):
     assert f"training stopped early by SIGINT at iteration {stopped}" in log0
     assert (out / LAST_CHECKPOINT_FILE).read_text().strip() == f"model_{stopped:07d}.pth"
     assert load_checkpoint(out / f"model_{stopped:07d}.pth")["iteration"] == stopped
+
+
+def test_ranks_exit_cleanly_run_after_run(data, tmp_path):
+    """Every rank of a finished run exits with 0. Before ``distributed.cleanup`` collected garbage
+    (the Trainer and its DDP wrapper sat in a reference cycle until the interpreter's exit, after
+    the process group was gone), rank 1 aborted with "terminate called without an active
+    exception" in 3 of 12 runs of this setup; since then 0 of 80. Four runs in a row, so that a
+    return of the race is likely (~70%) to show here."""
+    for i in range(4):
+        cfg = write_config(tmp_path / f"c{i}.yaml", tiny_config(data, tmp_path / f"run{i}", solver={"max_iter": 2},
+                                                                train={"checkpoint_period": 100}))
+        for rank, (rc, out, err) in enumerate(_finish(_launch(cfg))):
+            assert rc == 0, f"run {i}, rank {rank}: exit {rc}: {err[-2000:]}"

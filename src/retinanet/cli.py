@@ -47,10 +47,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.train.output_dir = args.output_dir
     configure_runtime(args.malloc)
     from .engine import distributed as du
+    finished, trainer = False, None
     try:
-        result = Trainer(cfg, resume=args.resume, progress=not args.no_progress).train()
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+        result = trainer.train()
+        finished = True
     finally:
-        du.cleanup()
+        trainer = None  # drop the model and its DDP wrapper before the process group goes
+        du.cleanup(synchronize=finished)
     if du.env_rank() == 0:
         state = "stopped early" if result.stopped_early else "finished"
         if result.signal:
@@ -91,6 +95,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     du.init_distributed(device)
+    finished = False
     try:
         dataset = build_dataset(cfg, train=False)
         state = load_checkpoint(args.weights)  # fails early: before building the model
@@ -107,8 +112,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             atomic_write(out / "metrics.json", lambda f: f.write(data))
             print(_metrics_line(metrics))
             print(f"detections: {out / 'detections.json'}  metrics: {out / 'metrics.json'}")
+        finished = True
     finally:
-        du.cleanup()
+        du.cleanup(synchronize=finished)
     return 0
 
 

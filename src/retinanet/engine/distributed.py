@@ -122,6 +122,23 @@ def raise_if_any_failed(error: BaseException | None) -> None:
             raise RankFailed(f"process {r} of {len(msgs)} failed: {m}")
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = False) -> None:
+    """Leave the process group, after freeing what still holds it.
+
+    Objects that hold the group (a DistributedDataParallel wrapper and its reducer) can sit in a
+    reference cycle (the frames of a lazy ``import torch._dynamo`` inside the optimizer's
+    constructor keep the caller's frame, and so the Trainer, alive). Left to the interpreter's exit,
+    they are destroyed during finalization, after the group, and gloo aborts the process
+    ("terminate called without an active exception": rank 1 of a 2-process run, 1 run in 4 here).
+    So a garbage collection runs first. ``synchronize=True`` (work ended normally on every rank)
+    also waits for all ranks before tearing down; after an error that barrier is skipped, since the
+    other ranks may never reach it."""
     if is_distributed():
-        dist.destroy_process_group()
+        import gc
+
+        gc.collect()
+        try:
+            if synchronize:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()

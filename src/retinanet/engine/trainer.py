@@ -454,6 +454,9 @@ class Trainer:
                 bar.close()
             for sig, h in previous_handlers.items():
                 signal.signal(sig, h)
+            # training is over: the DDP wrapper (which holds the process group) is no longer needed;
+            # dropping it here frees it before the caller leaves the group (distributed.cleanup)
+            self.ddp_model = self.model
         try:
             stopped = self.iteration < self.max_iter
             final = self.save()  # the latest state, always (also after Ctrl-C)
