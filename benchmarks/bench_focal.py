@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import retinanet.losses as losses
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import reset_peak_rss, status_kb  # noqa: E402
+from _common import release_free_memory, reset_peak_rss, status_kb  # noqa: E402
 
 
 def naive_focal_sum(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -50,6 +50,7 @@ def naive_focal_sum(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.25, gamma
 def peak_extra_mb(fn: Callable[[], None]) -> Optional[float]:
     """Peak RSS above the starting RSS while running ``fn`` (None where /proc cannot tell)."""
     gc.collect()
+    release_free_memory()
     if not reset_peak_rss():
         return None
     base = status_kb("VmRSS")
