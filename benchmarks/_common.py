@@ -14,7 +14,7 @@ import torch
 
 def setup(threads: int, malloc: str) -> None:
     """Apply the allocator mode first (as the CLI does), then the thread counts."""
-    from retinanet.engine.runtime import configure_runtime
+    from retinanet.utils.tuning import configure_runtime
 
     configure_runtime(malloc)
     torch.set_num_threads(threads)

@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from retinanet.anchors import AnchorGenerator
-from retinanet.boxes import batched_nms, box_iou, nms
-from retinanet.matcher import Matcher
+from retinanet.ops.anchors import AnchorGenerator
+from retinanet.ops.boxes import batched_nms, box_iou, nms
+from retinanet.ops.matcher import Matcher
 
 
 def candidates(n: int, classes: int, clustered: bool, seed: int = 0):
@@ -97,11 +97,11 @@ def main(argv=None) -> dict:
     p.add_argument("--num-anchors", type=int, default=200000)
     p.add_argument("--skip-naive", action="store_true", help="skip the full-matrix matcher (needs ~1.5 GB)")
     p.add_argument("--malloc", choices=["default", "keep"], default="default",
-                   help="allocator mode (retinanet.engine.runtime.configure_runtime); the CLI uses keep")
+                   help="allocator mode (retinanet.utils.tuning.configure_runtime); the CLI uses keep")
     p.add_argument("--json", default=None, help="write results here (default: print to stdout)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from retinanet.engine.runtime import configure_runtime
+    from retinanet.utils.tuning import configure_runtime
 
     configure_runtime(args.malloc)
     torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""Benchmark of the focal loss: naive torch formula vs retinanet.losses.sigmoid_focal_loss (CPU).
+"""Benchmark of the focal loss: naive torch formula vs retinanet.losses.focal.sigmoid_focal_loss (CPU).
 
 Logits [B, N, K] (default the RetinaNet hot shape 2 x 120000 x 80, ~prior-initialised values), class
 codes with ``--pos-frac`` positives (rest background). Variants, all reduction "sum":
@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-import retinanet.losses as losses
+import retinanet.losses.focal as losses
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import release_free_memory, reset_peak_rss, status_kb  # noqa: E402
@@ -70,11 +70,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--malloc", choices=["default", "keep"], default="default",
-                    help="allocator mode (retinanet.engine.runtime.configure_runtime); the CLI uses keep")
+                    help="allocator mode (retinanet.utils.tuning.configure_runtime); the CLI uses keep")
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
 
-    from retinanet.engine.runtime import configure_runtime
+    from retinanet.utils.tuning import configure_runtime
 
     configure_runtime(args.malloc)
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 ``make_checkpoint(path)`` builds a ResNet-18 RetinaNet with a 32-channel FPN and one conv per subnet
 (3 classes, 96 px test size), takes two SGD steps on a synthetic image with two boxes and saves it
-with :func:`retinanet.engine.checkpoint.save_checkpoint` in the layout ``Trainer.state_dict()`` writes
+with :func:`retinanet.training.checkpoint.save_checkpoint` in the layout ``Trainer.state_dict()`` writes
 (model, optimizer, iteration, fg_ema, rng, config, class names, category ids, ...). Deterministic.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from retinanet.config import config_to_dict, load_config
-from retinanet.engine.checkpoint import get_rng_state, save_checkpoint
+from retinanet.training.checkpoint import get_rng_state, save_checkpoint
 from retinanet.modeling.backbone import FrozenBatchNorm2d
 from retinanet.modeling.retinanet import RetinaNet
 

@@ -1,4 +1,4 @@
-"""Tests for retinanet.anchors: exact corners, order, offsets, counts, torchvision rounding, cache."""
+"""Tests for retinanet.ops.anchors: exact corners, order, offsets, counts, torchvision rounding, cache."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from retinanet.anchors import AnchorGenerator
-from retinanet.boxes import box_iou
-from retinanet.matcher import Matcher
+from retinanet.ops.anchors import AnchorGenerator
+from retinanet.ops.boxes import box_iou
+from retinanet.ops.matcher import Matcher
 
 # P3 (stride 8, size 32), cell (y=2, x=3), offset 0 -> centre (24, 16). Ratio r = h/w outer, scale inner.
 # w = 32 s / sqrt(r), h = 32 s sqrt(r); e.g. r=0.5, s=1: w = 45.254834, h = 22.627417, so

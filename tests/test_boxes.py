@@ -1,4 +1,4 @@
-"""Tests for retinanet.boxes: area, IoU, clipping, BoxCoder and (batched) NMS against brute force."""
+"""Tests for retinanet.ops.boxes: area, IoU, clipping, BoxCoder and (batched) NMS against brute force."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retinanet import boxes as B
-from retinanet.boxes import (BoxCoder, batched_nms, box_area, box_iou, clip_boxes, nms,
+from retinanet.ops import boxes as B
+from retinanet.ops.boxes import (BoxCoder, batched_nms, box_area, box_iou, clip_boxes, nms,
                              remove_small_boxes)
 
 

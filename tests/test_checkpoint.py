@@ -1,4 +1,4 @@
-"""Tests for retinanet.engine.checkpoint: atomic save, safe load, readable mismatch errors, RNG."""
+"""Tests for retinanet.training.checkpoint: atomic save, safe load, readable mismatch errors, RNG."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from retinanet.engine.checkpoint import (
+from retinanet.training.checkpoint import (
     LAST_CHECKPOINT_FILE,
     CheckpointError,
     StateDictMismatchError,

@@ -40,7 +40,7 @@ def test_quick_demo_learns_and_writes_its_outputs(tmp_path, capsys):
 
 
 def test_fit_iterations() -> None:
-    from retinanet.engine.demo import fit_iterations
+    from retinanet.apps.demo import fit_iterations
 
     # plenty of time: the planned number, no more
     assert fit_iterations(200, 0.1, 1000.0, 2800, 2 / 3) == 2800
@@ -59,7 +59,7 @@ class _FakeTrainer:
 
 
 def test_time_budget_lowers_max_iter_only_before_the_first_lr_step(monkeypatch) -> None:
-    import retinanet.engine.demo as demo
+    import retinanet.apps.demo as demo
 
     clock = {"t": 0.0}
     monkeypatch.setattr(demo.time, "perf_counter", lambda: clock["t"])
@@ -88,10 +88,10 @@ def test_time_budget_lowers_max_iter_only_before_the_first_lr_step(monkeypatch) 
 
 
 def test_trainer_ends_normally_when_a_hook_lowers_max_iter(tmp_path) -> None:
-    from retinanet.engine.demo import demo_config
-    from retinanet.engine.trainer import Trainer
+    from retinanet.apps.demo import demo_config
+    from retinanet.training.trainer import Trainer
 
-    from retinanet.data.synth import ensure_synthetic_coco
+    from retinanet.apps.synth import ensure_synthetic_coco
 
     cfg = demo_config(tmp_path / "demo", quick=True, overrides=["solver.max_iter=12", "solver.warmup_iters=2",
                                                                  "train.checkpoint_period=100"])
@@ -112,7 +112,7 @@ def test_demo_reports_when_the_time_budget_set_the_step_count(tmp_path, capsys) 
     (301 of 400), and the summary says how many steps fit at what measured time per step."""
     import dataclasses
 
-    from retinanet.engine import demo
+    from retinanet.apps import demo
 
     plan = dataclasses.replace(demo.QUICK, num_train=8, num_val=4, max_iter=400, warmup=10, time_budget_s=1.0)
     summary = demo.run_demo(tmp_path / "demo", plan=plan, progress=False)

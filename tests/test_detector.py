@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from retinanet.boxes import BoxCoder, box_iou
+from retinanet.ops.boxes import BoxCoder, box_iou
 from retinanet.config import AnchorConfig, BackboneConfig, ModelConfig
-from retinanet.matcher import Matcher
+from retinanet.ops.matcher import Matcher
 from retinanet.modeling.retinanet import RetinaNet
 
 

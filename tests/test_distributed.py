@@ -1,7 +1,7 @@
 """DistributedDataParallel on CPU (gloo): 2 processes launched the way torchrun launches them.
 
 Each process is ``python -m retinanet train CONFIG`` with torchrun's environment (``MASTER_ADDR``,
-``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); ``engine.distributed`` joins the group
+``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); ``utils.distributed`` joins the group
 with ``init_process_group("gloo")`` (``env://``). Each rank takes half of every global batch of 2.
 
 Why 2 processes must match 1: the model has no batch statistics (frozen BN), the loss of each rank is
@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from retinanet.config import config_from_dict
-from retinanet.engine.checkpoint import LAST_CHECKPOINT_FILE, load_checkpoint
-from retinanet.engine.trainer import Trainer
+from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, load_checkpoint
+from retinanet.training.trainer import Trainer
 from train_factory import cli_command, make_coco_split, subprocess_env, tiny_config, val_coco_dict, write_config
 
 pytestmark = pytest.mark.slow

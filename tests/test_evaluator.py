@@ -1,4 +1,4 @@
-"""Tests for retinanet.engine.evaluator: exact agreement with pycocotools' COCOeval."""
+"""Tests for retinanet.inference.evaluator: exact agreement with pycocotools' COCOeval."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from retinanet.engine.evaluator import (
+from retinanet.inference.evaluator import (
     STAT_NAMES,
     CocoEvaluator,
     detections_to_coco_results,

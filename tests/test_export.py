@@ -17,7 +17,7 @@ from retinanet import Predictor
 from retinanet.cli import main
 from retinanet.data.collate import IMAGENET_MEAN, IMAGENET_STD, collate
 from retinanet.data.transforms import map_boxes_to_original
-from retinanet.engine.export import (ExportError, export_model, load_exported, num_anchors_per_level,
+from retinanet.export.exporter import (ExportError, export_model, load_exported, num_anchors_per_level,
                                      postprocess_dense, read_metadata)
 
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from retinanet.config import ModelConfig
-from retinanet.engine.inference import inference_model
+from retinanet.inference.loop import inference_model
 from retinanet.modeling.backbone import FrozenBatchNorm2d, build_backbone
 from retinanet.modeling.fuse import FusedConv2d, fuse_for_inference, mkldnn_fusion_available
 from retinanet.modeling.retinanet import RetinaNet

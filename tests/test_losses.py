@@ -1,4 +1,4 @@
-"""Tests for retinanet.losses: focal loss (dense and class-code targets), CE, smooth L1, L1, GIoU."""
+"""Tests for retinanet.losses.focal: focal loss (dense and class-code targets), CE, smooth L1, L1, GIoU."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import retinanet.losses as losses
-from retinanet.losses import (
+import retinanet.losses.focal as losses
+from retinanet.losses.focal import (
     giou_loss,
     l1_loss,
     sigmoid_ce_loss,

@@ -1,12 +1,12 @@
-"""Tests for retinanet.matcher: thresholds, ignore band, low-quality matches, chunking."""
+"""Tests for retinanet.ops.matcher: thresholds, ignore band, low-quality matches, chunking."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from retinanet.boxes import box_iou
-from retinanet.matcher import Matcher
+from retinanet.ops.boxes import box_iou
+from retinanet.ops.matcher import Matcher
 
 
 @pytest.fixture(autouse=True, scope="module")

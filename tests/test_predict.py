@@ -15,7 +15,7 @@ from model_factory import CATEGORY_IDS, CLASS_NAMES, make_checkpoint, write_imag
 from retinanet import Predictor
 from retinanet.cli import main
 from retinanet.data.collate import collate
-from retinanet.engine.predictor import find_images
+from retinanet.inference.predictor import find_images
 
 torch.set_num_threads(1)
 

@@ -25,9 +25,9 @@ import torch
 
 from retinanet.cli import main
 from retinanet.config import config_from_dict
-from retinanet.engine import checkpoint as ckpt_mod
-from retinanet.engine.checkpoint import LAST_CHECKPOINT_FILE, latest_checkpoint, list_checkpoints, load_checkpoint
-from retinanet.engine.trainer import Trainer, TrainingDiverged
+from retinanet.training import checkpoint as ckpt_mod
+from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, latest_checkpoint, list_checkpoints, load_checkpoint
+from retinanet.training.trainer import Trainer, TrainingDiverged
 from retinanet.modeling.retinanet import RetinaNet
 from train_factory import (assert_same_tensors, cli_command, make_coco_split, momentum_buffers, subprocess_env,
                            tiny_config, write_config)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retinanet.data.sampler import SeededDataset, TrainBatchSampler, sample_seed
-from retinanet.engine.trainer import lr_at
+from retinanet.training.trainer import lr_at
 
 
 def test_paper_schedule():
@@ -106,7 +106,7 @@ def test_backbone_lr_factor_gives_the_backbone_its_own_learning_rate(tmp_path, f
     """solver.backbone_lr_factor: the backbone body's trainable parameters step at lr * factor, the
     FPN and head at lr; with 1.0 there is one parameter group (old checkpoints resume)."""
     from retinanet.config import config_from_dict
-    from retinanet.engine.trainer import Trainer
+    from retinanet.training.trainer import Trainer
     from train_factory import make_coco_split, tiny_config
 
     data = make_coco_split(tmp_path / "data")

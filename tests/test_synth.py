@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinanet.data.synth import (
+from retinanet.apps.synth import (
     DEFAULT_FASHION_MNIST_DIR,
     ObjectSourceMissingError,
     SynthConfig,
@@ -294,7 +294,7 @@ def test_parallel_generation_from_a_script_without_main_guard_falls_back(tmp_pat
     script.write_text(
         "import logging, sys\n"
         "logging.basicConfig(level=logging.WARNING)\n"
-        "from retinanet.data.synth import make_synthetic_coco\n"
+        "from retinanet.apps.synth import make_synthetic_coco\n"
         "make_synthetic_coco(sys.argv[1], num_train=6, num_val=0, image_size=(64, 64), seed=2, workers=2)\n")
     out = tmp_path / "parallel"
     proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=240)

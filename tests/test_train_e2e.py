@@ -21,9 +21,9 @@ from retinanet.cli import main
 from retinanet.config import load_config
 from retinanet.data.build import build_dataset
 from retinanet.data.collate import collate
-from retinanet.engine.checkpoint import LAST_CHECKPOINT_FILE, load_checkpoint
-from retinanet.engine.evaluator import STAT_NAMES
-from retinanet.engine.trainer import Trainer, lr_at
+from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, load_checkpoint
+from retinanet.inference.evaluator import STAT_NAMES
+from retinanet.training.trainer import Trainer, lr_at
 from retinanet.modeling.retinanet import RetinaNet
 from train_factory import make_coco_split, run_cli, tiny_config, val_coco_dict, write_config
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinanet.viz import (
+from retinanet.viz.draw import (
     VizError,
     class_color,
     draw_detections,

@@ -31,7 +31,7 @@ log = logging.getLogger("retinanet")
 
 
 def _setup_logging(verbose: bool) -> None:
-    from .engine import distributed as du
+    from retinanet.utils import distributed as du
     level = logging.DEBUG if verbose else logging.INFO
     if du.env_rank() != 0:  # the process group is not joined yet: read the launcher's RANK
         level = logging.WARNING
@@ -39,14 +39,14 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .engine.runtime import configure_runtime
-    from .engine.trainer import Trainer
+    from retinanet.config import load_config
+    from retinanet.utils.tuning import configure_runtime
+    from retinanet.training.trainer import Trainer
     cfg = load_config(args.config, args.overrides)
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     configure_runtime(args.malloc)
-    from .engine import distributed as du
+    from retinanet.utils import distributed as du
     finished, trainer = False, None
     try:
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -80,14 +80,14 @@ def _metrics_line(m: dict) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import load_config
-    from .data.build import build_dataset, build_eval_loader
-    from .engine import distributed as du
-    from .engine.checkpoint import atomic_write, load_checkpoint, load_model_state
-    from .engine.inference import evaluate
-    from .engine.runtime import configure_runtime
-    from .engine.trainer import resolve_device
-    from .modeling.retinanet import RetinaNet
+    from retinanet.config import load_config
+    from retinanet.data.build import build_dataset, build_eval_loader
+    from retinanet.utils import distributed as du
+    from retinanet.training.checkpoint import atomic_write, load_checkpoint, load_model_state
+    from retinanet.inference.loop import evaluate
+    from retinanet.utils.tuning import configure_runtime
+    from retinanet.training.trainer import resolve_device
+    from retinanet.modeling.retinanet import RetinaNet
     configure_runtime(args.malloc)
     cfg = load_config(args.config, args.overrides)
     cfg.model.backbone.weights = None
@@ -119,10 +119,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .data.image_io import load_image
-    from .engine.evaluator import detections_to_coco_results
-    from .engine.predictor import Predictor, find_images
-    from .viz import draw_detections
+    from retinanet.data.image_io import load_image
+    from retinanet.inference.evaluator import detections_to_coco_results
+    from retinanet.inference.predictor import Predictor, find_images
+    from retinanet.viz.draw import draw_detections
     paths = find_images(args.inputs)
     if not paths:
         raise ValueError(f"no images found in {args.inputs}")
@@ -150,7 +150,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .engine.export import export_model
+    from retinanet.export.exporter import export_model
     path = export_model(args.weights, args.out, fmt=args.format, config=args.config, height=args.height,
                         width=args.width, check=not args.no_check, dynamic=not args.static)
     print(f"exported {args.format} model to {path}" + ("" if args.no_check else
@@ -159,15 +159,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .engine.demo import run_demo
-    from .engine.runtime import configure_runtime
+    from retinanet.apps.demo import run_demo
+    from retinanet.utils.tuning import configure_runtime
     configure_runtime(args.malloc)
     run_demo(out_dir=args.out, quick=args.quick, overrides=args.overrides, progress=not args.no_progress)
     return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synth import make_synthetic_coco
+    from retinanet.apps.synth import make_synthetic_coco
     summary = make_synthetic_coco(args.out, num_train=args.train, num_val=args.val,
                                   image_size=tuple(args.size), seed=args.seed, objects=args.objects)
     print(json.dumps(summary, indent=2, default=str))
@@ -175,7 +175,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from .config import list_presets, preset_path
+    from retinanet.config import list_presets, preset_path
     for name in list_presets():
         first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
         print(f"{name:36s} {first}")
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export for deployment (TorchScript, torch.export or ONNX)",
                        description="torchscript: the whole detector (post-processing included); pt2 "
                        "(torch.export) and onnx: the network with decoded boxes and class logits per "
-                       "anchor. See retinanet.engine.export for inputs and outputs.")
+                       "anchor. See retinanet.export.exporter for inputs and outputs.")
     x.add_argument("--weights", required=True)
     x.add_argument("--out", required=True)
     x.add_argument("--format", choices=["torchscript", "pt2", "onnx"], default="torchscript")
@@ -283,12 +283,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_logging(args.verbose)
     if args.debug:
         return args.fn(args)
-    from .config import ConfigError
-    from .engine.checkpoint import CheckpointError
-    from .engine.distributed import RankFailed
-    from .engine.trainer import TrainingDiverged
+    from retinanet.config import ConfigError
+    from retinanet.training.checkpoint import CheckpointError
+    from retinanet.utils.distributed import RankFailed
+    from retinanet.training.trainer import TrainingDiverged
     try:
-        from .data.errors import DataError
+        from retinanet.data.errors import DataError
     except ImportError:  # pragma: no cover
         DataError = ValueError  # type: ignore
     try:

@@ -10,17 +10,17 @@ Modules: ``image_io`` (load_image), ``coco``, ``voc``, ``transforms``, ``collate
 are imported from their modules directly.
 """
 
-from .coco import CocoDetection, DetectionDataset, ImageInfo, sanitize_boxes
-from .collate import (
+from retinanet.data.coco import CocoDetection, DetectionDataset, ImageInfo, sanitize_boxes
+from retinanet.data.collate import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Batch,
     collate,
     normalize,
 )
-from .errors import DataError
-from .image_io import get_max_image_pixels, load_image, set_max_image_pixels
-from .transforms import (
+from retinanet.data.errors import DataError
+from retinanet.data.image_io import get_max_image_pixels, load_image, set_max_image_pixels
+from retinanet.data.transforms import (
     Compose,
     RandomHorizontalFlip,
     ResizeShortestSide,
@@ -30,7 +30,7 @@ from .transforms import (
     map_boxes_to_original,
     to_tensor,
 )
-from .voc import VOC_CLASSES, VOCDetection
+from retinanet.data.voc import VOC_CLASSES, VOCDetection
 
 __all__ = [
     "DataError",

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, ConfigError
-from .coco import CocoDetection
-from .collate import collate
-from .transforms import build_transforms
-from .voc import VOC_CLASSES, VOCDetection
+from retinanet.config import Config, ConfigError
+from retinanet.data.coco import CocoDetection
+from retinanet.data.collate import collate
+from retinanet.data.transforms import build_transforms
+from retinanet.data.voc import VOC_CLASSES, VOCDetection
 
 __all__ = ["build_dataset", "build_eval_loader"]
 

@@ -53,9 +53,9 @@ import torch
 from PIL import ExifTags, Image
 from torch.utils.data import Dataset
 
-from .errors import DataError
-from .image_io import load_image
-from .transforms import to_tensor
+from retinanet.data.errors import DataError
+from retinanet.data.image_io import load_image
+from retinanet.data.transforms import to_tensor
 
 __all__ = ["CocoDetection", "DetectionDataset", "ImageInfo", "sanitize_boxes", "read_json", "BoxStatus"]
 

@@ -32,7 +32,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from retinanet.data.errors import DataError
 
 __all__ = ["load_image", "set_max_image_pixels", "get_max_image_pixels", "MAX_PIXELS_ENV"]
 

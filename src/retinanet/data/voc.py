@@ -29,8 +29,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .coco import DetectionDataset, PathLike, Transform, _header_size
-from .errors import DataError
+from retinanet.data.coco import DetectionDataset, PathLike, Transform, _header_size
+from retinanet.data.errors import DataError
 
 __all__ = ["VOCDetection", "VOC_CLASSES"]
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .weights import load_backbone_weights
+from retinanet.modeling.weights import load_backbone_weights
 
 __all__ = [
     "BACKBONES",

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import BasicBlock, Bottleneck, FrozenBatchNorm2d, ResNet
+from retinanet.modeling.backbone import BasicBlock, Bottleneck, FrozenBatchNorm2d, ResNet
 
 __all__ = ["FusedConv2d", "fuse_for_inference", "mkldnn_fusion_available"]
 

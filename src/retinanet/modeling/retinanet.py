@@ -30,14 +30,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..anchors import AnchorGenerator
-from ..boxes import BoxCoder, batched_nms
-from ..config import ModelConfig
-from ..losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
-from ..matcher import Matcher
-from .backbone import build_backbone
-from .fpn import FPN, BackboneWithFPN
-from .head import RetinaNetHead
+from retinanet.ops.anchors import AnchorGenerator
+from retinanet.ops.boxes import BoxCoder, batched_nms
+from retinanet.config import ModelConfig
+from retinanet.losses.focal import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
+from retinanet.ops.matcher import Matcher
+from retinanet.modeling.backbone import build_backbone
+from retinanet.modeling.fpn import FPN, BackboneWithFPN
+from retinanet.modeling.head import RetinaNetHead
 
 __all__ = ["RetinaNet", "build_model", "topk_above"]
 
@@ -160,7 +160,7 @@ class RetinaNet(nn.Module):
         The fused model is in eval mode and refuses ``train()``; its state dict is not the checkpoint
         format, so keep the unfused model for checkpoints, training and export.
         """
-        from .fuse import fuse_for_inference
+        from retinanet.modeling.fuse import fuse_for_inference
 
         model = fuse_for_inference(self, inplace=inplace, use_mkldnn=use_mkldnn)
         model.fused = True

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .boxes import _as_float, _check_boxes, _f32_bound, _iou_parts, _iou_parts_into, box_area
+from retinanet.ops.boxes import _as_float, _check_boxes, _f32_bound, _iou_parts, _iou_parts_into, box_area
 
 __all__ = ["Matcher"]
 

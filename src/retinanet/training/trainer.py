@@ -58,15 +58,15 @@ import torch
 import yaml
 from torch import nn
 
-from ..config import Config, ConfigError, config_to_dict
-from ..data.build import build_dataset, build_eval_loader
-from ..data.collate import collate
-from ..data.sampler import SeededDataset, TrainBatchSampler
-from ..modeling.retinanet import RetinaNet
-from . import distributed as du
-from .checkpoint import (LAST_CHECKPOINT_FILE, atomic_write, get_rng_state, latest_checkpoint,
+from retinanet.config import Config, ConfigError, config_to_dict
+from retinanet.data.build import build_dataset, build_eval_loader
+from retinanet.data.collate import collate
+from retinanet.data.sampler import SeededDataset, TrainBatchSampler
+from retinanet.modeling.retinanet import RetinaNet
+from retinanet.utils import distributed as du
+from retinanet.training.checkpoint import (LAST_CHECKPOINT_FILE, atomic_write, get_rng_state, latest_checkpoint,
                          load_checkpoint, load_model_state, save_checkpoint, set_rng_state)
-from .inference import evaluate
+from retinanet.inference.loop import evaluate
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "OutputDirError", "lr_at", "resolve_device"]
 
@@ -553,7 +553,7 @@ class Trainer:
 
     def _plot(self, metrics_path: Path) -> None:
         try:
-            from ..viz import plot_training_curves
+            from retinanet.viz.draw import plot_training_curves
             plot_training_curves(metrics_path, self.out / "training_curves.png")
         except Exception as e:  # a plot must never cost a finished run
             log.warning("could not draw the training curves: %s", e)

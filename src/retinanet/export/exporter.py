@@ -4,7 +4,7 @@
     retinanet export --weights model_final.pth --out model.pt2 --format pt2      # torch.export
     retinanet export --weights model_final.pth --out model.onnx --format onnx    # needs onnx + onnxscript
 
-    from retinanet.engine.export import export_model, load_exported
+    from retinanet.export.exporter import export_model, load_exported
     export_model("model_final.pth", "model.pt")
     model, meta = load_exported("model.pt")      # torch.jit.load + the metadata below
 
@@ -52,7 +52,7 @@ hold the dense network, because greedy NMS (a data-dependent loop) cannot be exp
 
 with one row per anchor (``N = sum over P3..P7 of h_l * w_l * A``; levels in order, positions
 row-major, then the ``A`` anchors): ``boxes`` decoded and clipped to ``(H, W)``, ``cls_logits`` before
-the sigmoid. :func:`postprocess_dense` (pure PyTorch, uses :func:`retinanet.boxes.batched_nms`) turns
+the sigmoid. :func:`postprocess_dense` (pure PyTorch, uses :func:`retinanet.ops.boxes.batched_nms`) turns
 them into the same per-image dicts as the TorchScript module; any runtime's NMS (class-wise, IoU >
 ``nms_thresh``) can be used instead.
 
@@ -81,16 +81,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..boxes import _f32_bound, batched_nms
-from ..data.collate import IMAGENET_MEAN, IMAGENET_STD
-from ..modeling.retinanet import RetinaNet
+from retinanet.ops.boxes import _f32_bound, batched_nms
+from retinanet.data.collate import IMAGENET_MEAN, IMAGENET_STD
+from retinanet.modeling.retinanet import RetinaNet
 
 __all__ = ["export_model", "ExportError", "load_exported", "read_metadata", "postprocess_dense",
            "build_torchscript", "DenseRetinaNet", "FORMATS", "METADATA_FILE"]
 
 FORMATS = ("torchscript", "pt2", "onnx")
 METADATA_FILE = "retinanet.json"
-_TINY = torch.finfo(torch.float32).tiny  # the IoU union floor of retinanet.boxes
+_TINY = torch.finfo(torch.float32).tiny  # the IoU union floor of retinanet.ops.boxes
 
 
 class ExportError(ValueError):
@@ -124,7 +124,7 @@ class _Network(nn.Module):
 
 class _Decoder(nn.Module):
     """Anchors for any feature-map sizes and box decoding, written so that TorchScript compiles it and
-    bit-identical to :class:`~retinanet.anchors.AnchorGenerator` and :class:`~retinanet.boxes.BoxCoder`."""
+    bit-identical to :class:`~retinanet.ops.anchors.AnchorGenerator` and :class:`~retinanet.ops.boxes.BoxCoder`."""
 
     def __init__(self, model: RetinaNet) -> None:
         super().__init__()
@@ -181,7 +181,7 @@ class _PostProcess(nn.Module):
         p = float(cfg.score_thresh)
         self.logit_thresh = -math.inf if p <= 0 else (math.inf if p >= 1 else math.log(p / (1 - p)))
         self.topk = int(cfg.topk_candidates)
-        # IoU > nms_thresh decided exactly as retinanet.boxes.nms does for float32 IoUs
+        # IoU > nms_thresh decided exactly as retinanet.ops.boxes.nms does for float32 IoUs
         self.iou_thresh = float(_f32_bound(float(cfg.nms_thresh), torch.float32, upper=False))
         self.detections_per_image = int(cfg.detections_per_image)
         self.tiny = float(_TINY)
@@ -418,7 +418,7 @@ def _metadata(det: Any, fmt: str, size: Tuple[int, int]) -> dict:
         meta["outputs"] = "list of dicts: boxes float32 [d, 4] xyxy pixels, scores float32 [d], labels int64 [d]"
     else:
         meta["outputs"] = ("boxes float32 [B, N, 4] xyxy pixels clipped to (H, W); cls_logits float32 [B, N, K] "
-                           "(scores = sigmoid); post-process with retinanet.engine.export.postprocess_dense")
+                           "(scores = sigmoid); post-process with retinanet.export.exporter.postprocess_dense")
     return meta
 
 
@@ -446,7 +446,7 @@ def export_model(weights: Union[str, Path], out: Union[str, Path], fmt: str = "t
     its detections on a random input are compared with the Python model's (:class:`ExportError` on
     a difference). Returns ``out``.
     """
-    from .predictor import load_detector
+    from retinanet.inference.predictor import load_detector
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -133,7 +133,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     Values are in [0, 1]; a pair with an empty union (two zero-area boxes) has IoU 0, never NaN
     (unions are floored at float32's smallest normal number, 1.2e-38, which only affects sub-1e-38 areas).
-    Builds the full matrix: for many boxes against many anchors use :class:`retinanet.matcher.Matcher`,
+    Builds the full matrix: for many boxes against many anchors use :class:`retinanet.ops.matcher.Matcher`,
     which works in chunks. Differentiable.
     """
     _check_boxes("boxes1", boxes1, ndim=2)

@@ -19,7 +19,7 @@ relative paths are taken relative to the list file's folder when they do not exi
 current directory). A missing input is a ``FileNotFoundError`` naming it (and the list file and line).
 
 :func:`load_detector` is the loading step on its own (checkpoint -> eval-mode model, config, class
-names, category ids), shared with :mod:`retinanet.engine.export`.
+names, category ids), shared with :mod:`retinanet.export.exporter`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, ConfigError, config_from_dict, load_config, validate
-from ..data.collate import collate
-from ..data.image_io import load_image
-from ..data.transforms import build_transforms, map_boxes_to_original
-from ..modeling.retinanet import RetinaNet
-from .checkpoint import load_checkpoint, load_model_state
-from .trainer import resolve_device
+from retinanet.config import Config, ConfigError, config_from_dict, load_config, validate
+from retinanet.data.collate import collate
+from retinanet.data.image_io import load_image
+from retinanet.data.transforms import build_transforms, map_boxes_to_original
+from retinanet.modeling.retinanet import RetinaNet
+from retinanet.training.checkpoint import load_checkpoint, load_model_state
+from retinanet.training.trainer import resolve_device
 
 __all__ = ["Predictor", "LoadedDetector", "load_detector", "find_images", "IMAGE_EXTENSIONS"]
 
@@ -123,7 +123,7 @@ def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]
     The config is ``config`` (a :class:`Config`, YAML file or preset) when given, else the one stored
     in the checkpoint (with ``overrides``). ``score_thresh`` replaces ``model.score_thresh`` and is
     validated like it (``ConfigError`` outside [0, 1]). Errors: ``FileNotFoundError``,
-    :class:`~retinanet.engine.checkpoint.CheckpointError` (truncated, unsafe, wrong architecture),
+    :class:`~retinanet.training.checkpoint.CheckpointError` (truncated, unsafe, wrong architecture),
     :class:`~retinanet.config.ConfigError`.
     """
     state = load_checkpoint(weights)
@@ -133,7 +133,7 @@ def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]
     elif config is not None:
         cfg = load_config(str(config), overrides)
     elif "config" in state:
-        from ..config import apply_overrides
+        from retinanet.config import apply_overrides
         raw = state["config"]
         if not isinstance(raw, dict):
             raise ConfigError(f"{weights}: the stored 'config' is a {type(raw).__name__}, not a mapping")

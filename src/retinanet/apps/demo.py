@@ -27,11 +27,11 @@ from typing import Optional
 
 import torch
 
-from ..config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
-from ..data.image_io import load_image
-from ..data.synth import ensure_synthetic_coco, synth_class_names
-from ..modeling.weights import resolve_weights
-from .trainer import Trainer
+from retinanet.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
+from retinanet.data.image_io import load_image
+from retinanet.apps.synth import ensure_synthetic_coco, synth_class_names
+from retinanet.modeling.weights import resolve_weights
+from retinanet.training.trainer import Trainer
 
 __all__ = ["demo_config", "run_demo", "fit_iterations", "TimeBudget"]
 
@@ -209,8 +209,8 @@ def _draw_gallery(cfg: Config, checkpoint, path: Path, n: int = 4) -> None:
     """Ground truth next to predictions for the first ``n`` validation images."""
     from pycocotools.coco import COCO
 
-    from ..viz import draw_detections, make_gallery
-    from .predictor import Predictor
+    from retinanet.viz.draw import draw_detections, make_gallery
+    from retinanet.inference.predictor import Predictor
 
     pred = Predictor(checkpoint, device="cpu")
     import contextlib

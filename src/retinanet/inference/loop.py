@@ -16,9 +16,9 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from ..data.transforms import map_boxes_to_original
-from . import distributed as du
-from .evaluator import CocoEvaluator
+from retinanet.data.transforms import map_boxes_to_original
+from retinanet.utils import distributed as du
+from retinanet.inference.evaluator import CocoEvaluator
 
 __all__ = ["predict_batches", "evaluate", "inference_model"]
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_write
+from retinanet.training.checkpoint import atomic_write
 
 __all__ = [
     "STAT_NAMES",
