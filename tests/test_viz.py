@@ -1,21 +1,23 @@
-"""Pillow drawings: detections, galleries and curve plots."""
+"""Pictures: detections and galleries (Pillow), training curves (matplotlib)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from retinanet.viz.draw import (
+from retinanet.viz import (
     VizError,
     class_color,
     draw_detections,
     make_gallery,
-    plot_curves,
     plot_training_curves,
+    read_training_curves,
     side_by_side,
 )
 
@@ -112,46 +114,108 @@ def test_gallery_and_side_by_side_size_arithmetic(tmp_path: Path) -> None:
     assert st.size[0] == s.size[0] and st.size[1] > s.size[1]
     with pytest.raises(VizError):
         make_gallery([])
+    with pytest.raises(VizError, match="extension"):
+        make_gallery([(a, b)], tmp_path / "g.unknown")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]  # no temporary files left
 
 
-def test_plot_curves_writes_a_line_plot(tmp_path: Path) -> None:
-    xs = np.arange(50)
-    series = {"loss": [(float(x), float(2 * np.exp(-x / 10))) for x in xs],
-              "loss_cls": [(float(x), float(np.exp(-x / 10)) if x != 7 else float("nan")) for x in xs]}
-    out = plot_curves(series, tmp_path / "p.png", "loss", "iteration", size=(640, 360))
+def _write_log(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _train_rows(n: int = 200, step: int = 5) -> list[dict]:
+    return [{"iter": i, "loss": 2.0 / (1 + i), "loss_cls": 1.5 / (1 + i), "loss_box": 0.5 / (1 + i),
+             "lr": 0.01 * min(1.0, (i + 1) / 20)} for i in range(0, n, step)]
+
+
+def _ink(img: np.ndarray) -> float:
+    """Fraction of pixels that are not white."""
+    return float(np.any(img < 250, axis=2).mean())
+
+
+def _has_colour(img: np.ndarray, rgb: tuple[int, int, int], tol: int = 12) -> int:
+    return int((np.abs(img.astype(int) - rgb).max(axis=2) <= tol).sum())
+
+
+# matplotlib's first two default line colours ("C0", "C1")
+C0, C1 = (31, 119, 180), (255, 127, 14)
+
+
+def test_read_training_curves_series(tmp_path: Path) -> None:
+    rows = [
+        {"iter": 10, "loss_cls": 0.8, "loss": 1.0, "lr": 0.01, "data_time": 0.1},
+        {"iter": 0, "loss_cls": 1.6, "loss": 2.0, "lr": 0.001},
+        {"iter": 5, "loss": float("nan"), "loss_cls": float("inf"), "lr": 0.005, "skipped": True},
+        {"epoch": 1, "loss": 9.0},  # no "iter": ignored
+        {"iter": "x", "loss": 9.0},  # non-numeric "iter": ignored
+        {"iter": 15, "loss": "n/a", "lr": None, "note": "text"},
+    ]
+    c = read_training_curves(_write_log(tmp_path / "m.jsonl", rows))
+    assert list(c.losses) == ["loss", "loss_cls"]  # "loss" first, then by name
+    np.testing.assert_array_equal(c.losses["loss"], [[0, 2.0], [10, 1.0]])  # sorted, NaN dropped
+    np.testing.assert_array_equal(c.losses["loss_cls"], [[0, 1.6], [10, 0.8]])  # inf dropped
+    np.testing.assert_array_equal(c.lr, [[0, 0.001], [5, 0.005], [10, 0.01]])
+    assert c.ap == {}
+    ev = rows + [{"iter": 10, "bbox/AP": 0.3, "bbox/AP50": 0.6, "bbox/APs": 0.1},
+                 {"iter": 5, "bbox/AP": float("nan"), "bbox/AP50": 0.5}]
+    c = read_training_curves(_write_log(tmp_path / "e.jsonl", ev))
+    assert sorted(c.ap) == ["AP", "AP50"]  # AP75 absent, APs not plotted
+    np.testing.assert_array_equal(c.ap["AP"], [[10, 0.3]])
+    np.testing.assert_array_equal(c.ap["AP50"], [[5, 0.5], [10, 0.6]])
+    only_nan = read_training_curves(_write_log(tmp_path / "n.jsonl", [{"iter": 1, "loss": float("nan")}]))
+    assert only_nan.losses["loss"].shape == (0, 2) and only_nan.lr.shape == (0, 2)
+
+
+def test_plot_training_curves_png(tmp_path: Path) -> None:
+    log = _write_log(tmp_path / "metrics.jsonl", _train_rows())
+    out = plot_training_curves(log, tmp_path / "sub" / "c.png")
+    assert out == tmp_path / "sub" / "c.png"
     img = np.asarray(Image.open(out).convert("RGB"))
-    assert img.shape == (360, 640, 3)
-    non_bg = np.any(img != 255, axis=2).mean()
-    assert 0.01 < non_bg < 0.5
-    blue = np.all(img == (31, 119, 180), axis=2).sum()  # first series colour
-    red = np.all(img == (214, 39, 40), axis=2).sum()
-    assert blue > 150 and red > 150
-    logp = plot_curves({"lr": [(0, 1e-4), (10, 1e-2), (20, 1e-3)]}, tmp_path / "l.png", "lr",
-                       "iteration", log_y=True)
-    assert Image.open(logp).size == (800, 450)
-    empty = plot_curves({"x": []}, tmp_path / "e.png", "nothing", "iteration")
-    assert Image.open(empty).size == (800, 450)
+    assert img.shape == (600, 900, 3)  # 300 px per panel
+    loss, lr = img[:300], img[300:]
+    for panel in (loss, lr):
+        assert 0.02 < _ink(panel) < 0.5  # axes, text and lines, mostly white
+    assert _has_colour(loss, C0) > 300 and _has_colour(loss, C1) > 300  # loss, loss_box lines
+    assert _has_colour(lr, C0) > 300  # the lr line
 
-
-def test_plot_training_curves_panels(tmp_path: Path) -> None:
-    log = tmp_path / "metrics.jsonl"
-    rows = [{"iter": i, "loss": 2.0 / (1 + i), "loss_cls": 1.5 / (1 + i), "loss_box": 0.5 / (1 + i),
-             "lr": 0.01 * min(1.0, (i + 1) / 20)} for i in range(0, 200, 5)]
-    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    out = plot_training_curves(log, tmp_path / "c.png")
-    assert Image.open(out).size == (900, 600)
     with open(log, "a") as f:
         f.write(json.dumps({"iter": 100, "bbox/AP": 0.3, "bbox/AP50": 0.6}) + "\n")
         f.write(json.dumps({"iter": 195, "bbox/AP": 0.5, "bbox/AP50": 0.8}) + "\n")
+        f.write(json.dumps({"iter": 150, "loss": float("nan"), "lr": float("inf")}) + "\n")
         f.write(json.dumps({"epoch": 1, "note": "ignored"}) + "\n")
-    img = np.asarray(Image.open(plot_training_curves(log, tmp_path / "c3.png")).convert("RGB"))
-    assert img.shape == (900, 900, 3)
-    assert np.any(img[600:] != 255, axis=2).mean() > 0.01  # the AP panel is drawn
+    img3 = np.asarray(Image.open(plot_training_curves(log, tmp_path / "c3.png")).convert("RGB"))
+    assert img3.shape == (900, 900, 3)
+    ap = img3[600:]
+    assert 0.02 < _ink(ap) < 0.5
+    assert _has_colour(ap, C0) > 100 and _has_colour(ap, C1) > 100  # AP and AP50 points and lines
+
+    sized = plot_training_curves(log, tmp_path / "s.png", size=(640, 480), log_loss=True)
+    assert Image.open(sized).size == (640, 480)
+    with pytest.raises(VizError, match="size"):
+        plot_training_curves(log, tmp_path / "small.png", size=(640, 300))  # 3 panels need 450
+
+
+def test_plot_training_curves_empty_panels_and_errors(tmp_path: Path) -> None:
+    nan_only = _write_log(tmp_path / "nan.jsonl", [{"iter": 1, "loss": float("nan")}])
+    img = np.asarray(Image.open(plot_training_curves(nan_only, tmp_path / "n.png")).convert("RGB"))
+    assert img.shape == (600, 900, 3)  # drawn with "no data" panels, not an error
+    assert _has_colour(img, C0) == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"iter": 1, "loss": 1.0}\nnot json\n')
     with pytest.raises(VizError, match="bad.jsonl:2"):
         plot_training_curves(bad, tmp_path / "x.png")
-    nothing = tmp_path / "none.jsonl"
-    nothing.write_text('{"epoch": 1}\n')
+    with pytest.raises(VizError, match="expected a JSON object"):
+        plot_training_curves(_write_log(tmp_path / "list.jsonl", [[1, 2]]), tmp_path / "x.png")
+    nothing = _write_log(tmp_path / "none.jsonl", [{"epoch": 1}])
     with pytest.raises(VizError, match="no rows"):
         plot_training_curves(nothing, tmp_path / "y.png")
+    with pytest.raises(VizError, match="cannot read"):
+        plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "z.png")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".jsonl")) == ["n.png"]
+
+
+def test_matplotlib_is_imported_only_to_plot() -> None:
+    code = ("import sys, retinanet, retinanet.viz\n"
+            "assert 'matplotlib' not in sys.modules, 'imported with retinanet.viz'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
