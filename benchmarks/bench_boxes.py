@@ -24,9 +24,8 @@ import time
 
 import torch
 
-from retinanet.ops.anchors import AnchorGenerator
-from retinanet.ops.boxes import batched_nms, box_iou, nms
-from retinanet.ops.matcher import Matcher
+from retinanet.ops import AnchorGenerator, Matcher, box_iou
+from retinanet.ops.nms import batched_nms, nms
 
 
 def candidates(n: int, classes: int, clustered: bool, seed: int = 0):
@@ -65,7 +64,7 @@ def _status(field: str) -> int:
 def matcher_worker(kind: str, num_gt: int, num_anchors: int) -> dict:
     """Runs in a fresh process: one warm-up-free measurement of time and peak extra RSS."""
     sizes = [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]  # 800 x 1344 input
-    anchors = AnchorGenerator().grid_anchors_all(sizes)[:num_anchors].clone()
+    anchors = AnchorGenerator().flat(sizes)[:num_anchors].clone()
     g = torch.Generator().manual_seed(1)
     xy = torch.rand(num_gt, 2, generator=g) * torch.tensor([1300.0, 760.0])
     wh = 8 + torch.rand(num_gt, 2, generator=g) * 400

@@ -1,4 +1,4 @@
-"""Benchmark of the focal loss: naive torch formula vs retinanet.losses.focal.sigmoid_focal_loss (CPU).
+"""Benchmark of the focal loss: naive torch formula vs retinanet.losses.sigmoid_focal_loss (CPU).
 
 Logits [B, N, K] (default the RetinaNet hot shape 2 x 120000 x 80, ~prior-initialised values), class
 codes with ``--pos-frac`` positives (rest background). Variants, all reduction "sum":
@@ -6,7 +6,8 @@ codes with ``--pos-frac`` positives (rest background). Variants, all reduction "
   naive        torchvision's formula in plain torch ops with dense one-hot float targets
   ours_dense   sigmoid_focal_loss with the same dense one-hot targets
   ours_int     sigmoid_focal_loss with integer class codes [B, N] (the detector's hot path)
-  ours_int_recompute  same, but the gradient recomputed in backward instead of stashed (for reference)
+  ours_int_recompute  the same kernel called directly (no argument checks), the gradient recomputed in
+                      backward instead of stashed (for reference)
 
 For each: median / min ms of the forward (grad enabled, as in training) and of forward + backward,
 and the peak extra resident memory of one forward + backward (RSS high-water mark, reset through
@@ -31,7 +32,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-import retinanet.losses.focal as losses
+from retinanet.losses import sigmoid_focal_loss
+from retinanet.ops.focal_kernel import fused_focal_loss, release_buffers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import release_free_memory, reset_peak_rss, status_kb  # noqa: E402
@@ -92,11 +94,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     variants: dict[str, Callable[[], torch.Tensor]] = {
         "naive": lambda: naive_focal_sum(x, dense),
-        "ours_dense": lambda: losses.sigmoid_focal_loss(x, dense, reduction="sum"),
-        "ours_int": lambda: losses.sigmoid_focal_loss(x, codes, reduction="sum"),
-        "ours_int_recompute": lambda: losses._sigmoid_focal(
-            x, codes, 0.25, 2.0, "sum", "bench", stash=False
-        ),
+        "ours_dense": lambda: sigmoid_focal_loss(x, dense, reduction="sum"),
+        "ours_int": lambda: sigmoid_focal_loss(x, codes, reduction="sum"),
+        "ours_int_recompute": lambda: fused_focal_loss(x, codes, 0.25, 2.0, summed=True, stash_grad=False),
     }
 
     results: dict[str, dict] = {}
@@ -124,7 +124,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             x.grad = None
 
         mem = peak_extra_mb(one)
-        losses.release_buffers()
+        release_buffers()
         x.grad = None
         mem_cold = peak_extra_mb(one) if name != "naive" else mem
         results[name] = {
@@ -136,7 +136,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             "peak_extra_cold_mb": mem_cold,
             "loss": values[name],
         }
-        losses.release_buffers()
+        release_buffers()
 
     ref = results["naive"]
     for name, r in results.items():

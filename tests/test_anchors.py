@@ -7,9 +7,7 @@ import math
 import pytest
 import torch
 
-from retinanet.ops.anchors import AnchorGenerator
-from retinanet.ops.boxes import box_iou
-from retinanet.ops.matcher import Matcher
+from retinanet.ops import AnchorGenerator, Matcher, box_iou
 
 # P3 (stride 8, size 32), cell (y=2, x=3), offset 0 -> centre (24, 16). Ratio r = h/w outer, scale inner.
 # w = 32 s / sqrt(r), h = 32 s sqrt(r); e.g. r=0.5, s=1: w = 45.254834, h = 22.627417, so
@@ -73,7 +71,7 @@ def test_counts_order_and_concatenation(sizes):
     levels = gen(sizes)
     assert [t.shape for t in levels] == [(h * w * 9, 4) for h, w in sizes]
     assert gen.num_anchors_per_level(sizes) == [h * w * 9 for h, w in sizes]
-    flat = gen.grid_anchors_all(sizes)
+    flat = gen.flat(sizes)
     assert torch.equal(flat, torch.cat(levels))
     for lvl, ((h, w), stride) in enumerate(zip(sizes, (8, 16, 32, 64, 128))):
         if h * w == 0:
@@ -96,7 +94,7 @@ def test_round_sizes_reproduces_torchvision_cell_anchors():
 
 def test_gt_with_anchor_shape_matches_with_iou_one():
     gen = AnchorGenerator()
-    anchors = gen.grid_anchors_all(SIZES5)
+    anchors = gen.flat(SIZES5)
     k = (2 * 6 + 3) * 9 + 4  # P3, y=2, x=3, ratio 1, scale 2^(1/3)
     gt = anchors[k:k + 1].clone()
     iou = box_iou(gt, anchors)
@@ -111,7 +109,7 @@ def test_cache_hits_lru_bound_and_dtype():
     a = gen(SIZES5)
     b = gen(SIZES5, device="cpu")
     assert all(x is y for x, y in zip(a, b))  # cached
-    assert gen.grid_anchors_all(SIZES5) is gen.grid_anchors_all(SIZES5)
+    assert gen.flat(SIZES5) is gen.flat(SIZES5)
     d = gen(SIZES5, dtype=torch.float64)
     assert d[0].dtype == torch.float64 and torch.allclose(d[0].float(), a[0])
     gen([(4, 4)] * 5)

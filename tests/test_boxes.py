@@ -1,7 +1,9 @@
-"""Tests for retinanet.ops.boxes: area, IoU, clipping, BoxCoder and (batched) NMS against brute force."""
+"""Tests for retinanet.ops boxes, box_coder and nms: area, IoU, clipping, BoxCoder and (batched) NMS against
+brute force."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 
@@ -10,9 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retinanet.ops import boxes as B
-from retinanet.ops.boxes import (BoxCoder, batched_nms, box_area, box_iou, clip_boxes, nms,
-                             remove_small_boxes)
+from retinanet.ops import BoxCoder, box_area, box_iou, clip_boxes, remove_small_boxes
+from retinanet.ops.nms import batched_nms, nms
+
+NMS = importlib.import_module("retinanet.ops.nms")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -243,10 +246,10 @@ def _random_case(rng: random.Random, gen: torch.Generator):
 @pytest.mark.parametrize("mode", ["default", "small_chunks_no_peeling", "dense"])
 def test_nms_equals_brute_force(monkeypatch, mode):
     if mode == "small_chunks_no_peeling":  # many pair chunks; sequential finish after 1 peeling round
-        monkeypatch.setattr(B, "_PAIR_CHUNK", 7)
-        monkeypatch.setattr(B, "_MAX_PEEL_ROUNDS", 1)
+        monkeypatch.setattr(NMS, "_PAIR_CHUNK", 7)
+        monkeypatch.setattr(NMS, "_MAX_PEEL_ROUNDS", 1)
     if mode == "dense":  # switch to the N x N bool matrix at the first edge
-        monkeypatch.setattr(B, "_DENSE_EDGE_DIVISOR", 10 ** 12)
+        monkeypatch.setattr(NMS, "_DENSE_EDGE_DIVISOR", 10 ** 12)
     rng, gen = random.Random(1234), torch.Generator().manual_seed(1234)
     checked = 0
     for _ in range(200):
@@ -261,14 +264,14 @@ def test_nms_equals_brute_force(monkeypatch, mode):
 
 def test_nms_paths_are_exercised(monkeypatch):
     calls = {"dense": 0, "seq": 0}
-    real_dense = B._dense_to_peeled_edges
+    real_dense = NMS._dense_to_peeled_edges
 
-    def dense(m):
+    def dense(m, *args):
         calls["dense"] += 1
-        return real_dense(m)
+        return real_dense(m, *args)
 
-    monkeypatch.setattr(B, "_dense_to_peeled_edges", dense)
-    monkeypatch.setattr(B, "_DENSE_EDGE_DIVISOR", 10 ** 12)
+    monkeypatch.setattr(NMS, "_dense_to_peeled_edges", dense)
+    monkeypatch.setattr(NMS, "_DENSE_EDGE_DIVISOR", 10 ** 12)
     b = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [2, 0, 12, 10]])
     assert nms(b, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0]
     assert calls["dense"] == 1
@@ -276,7 +279,7 @@ def test_nms_paths_are_exercised(monkeypatch):
     n = 300
     x = torch.arange(n, dtype=torch.float32) * 8
     chain = torch.stack([x, torch.zeros(n), x + 32, torch.full((n,), 32.0)], 1)  # neighbour IoU 0.6
-    monkeypatch.setattr(B, "_DENSE_EDGE_DIVISOR", 16)
+    monkeypatch.setattr(NMS, "_DENSE_EDGE_DIVISOR", 16)
     keep = nms(chain, -x, 0.5)
     assert keep.tolist() == list(range(0, n, 2)) == _reference_nms(chain, -x, 0.5)
 

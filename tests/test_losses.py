@@ -1,4 +1,4 @@
-"""Tests for retinanet.losses.focal: focal loss (dense and class-code targets), CE, smooth L1, L1, GIoU."""
+"""Tests for retinanet.losses: focal loss (dense and class-code targets), CE, smooth L1, L1, GIoU."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import retinanet.losses.focal as losses
-from retinanet.losses.focal import (
+import retinanet.losses.focal as focal
+import retinanet.ops.focal_kernel as focal_kernel
+from retinanet.losses import (
     giou_loss,
     l1_loss,
-    sigmoid_ce_loss,
     sigmoid_cross_entropy_loss,
     sigmoid_focal_loss,
     smooth_l1_loss,
@@ -62,7 +62,8 @@ def one_hot(codes: torch.Tensor, k: int, dtype=torch.float64) -> torch.Tensor:
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Force many chunks (2 rows of K=5) so chunk-boundary bookkeeping is exercised."""
-    monkeypatch.setattr(losses, "_CPU_CHUNK_ELEMS", 10)
+    monkeypatch.setattr(focal_kernel, "_CPU_CHUNK_ELEMS", 10)
+    monkeypatch.setattr(focal, "_TARGET_SCAN_CHUNK", 10)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,7 +136,6 @@ def test_alpha_negative_is_plain_bce():
     torch.testing.assert_close(sigmoid_focal_loss(x, y, alpha=-1, gamma=0), bce)
     torch.testing.assert_close(sigmoid_focal_loss(x, codes, alpha=-1, gamma=0), bce)
     torch.testing.assert_close(sigmoid_cross_entropy_loss(x, codes), bce)
-    assert sigmoid_ce_loss is sigmoid_cross_entropy_loss
     # and alpha-balancing really changes things
     assert not torch.allclose(sigmoid_focal_loss(x, y, alpha=0.25, gamma=0), bce)
 

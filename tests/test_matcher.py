@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retinanet.ops.boxes import box_iou
-from retinanet.ops.matcher import Matcher
+from retinanet.ops import Matcher, box_iou
 
 
 @pytest.fixture(autouse=True, scope="module")

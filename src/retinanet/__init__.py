@@ -13,23 +13,23 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "sigmoid_focal_loss": "retinanet.losses.focal",
-    "sigmoid_ce_loss": "retinanet.losses.focal",
-    "smooth_l1_loss": "retinanet.losses.focal",
-    "giou_loss": "retinanet.losses.focal",
-    "box_iou": "retinanet.ops.boxes",
-    "nms": "retinanet.ops.boxes",
-    "batched_nms": "retinanet.ops.boxes",
-    "BoxCoder": "retinanet.ops.boxes",
-    "AnchorGenerator": "retinanet.ops.anchors",
-    "Matcher": "retinanet.ops.matcher",
+    "sigmoid_focal_loss": "retinanet.losses",
+    "sigmoid_cross_entropy_loss": "retinanet.losses",
+    "smooth_l1_loss": "retinanet.losses",
+    "giou_loss": "retinanet.losses",
+    "box_iou": "retinanet.ops",
+    "nms": "retinanet.ops.nms",
+    "batched_nms": "retinanet.ops.nms",
+    "BoxCoder": "retinanet.ops",
+    "AnchorGenerator": "retinanet.ops",
+    "Matcher": "retinanet.ops",
     "RetinaNet": "retinanet.modeling.retinanet",
-    "build_model": "retinanet.modeling.retinanet",
+    "build_model": "retinanet.modeling.build",
     "Config": "retinanet.config",
     "load_config": "retinanet.config",
     "Trainer": "retinanet.training.trainer",
     "Predictor": "retinanet.inference.predictor",
-    "evaluate_coco": "retinanet.inference.evaluator",
+    "evaluate_coco": "retinanet.inference.coco_eval",
 }
 
 __all__ = ["__version__", *_EXPORTS]

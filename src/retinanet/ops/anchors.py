@@ -10,8 +10,8 @@ rounded to integers, in float32.
 ``AnchorGenerator(...)(feature_sizes=[(H3, W3), ..., (H7, W7)], device, dtype)`` returns one tensor
 ``[H * W * A, 4]`` (x1, y1, x2, y2 pixels) per level: the cell anchors shifted to
 ``(x * stride + offset * stride, y * stride + offset * stride)`` for positions in row-major ``(y, x)``
-order, then the ``A`` anchors of each position. :meth:`AnchorGenerator.grid_anchors_all` gives the
-levels concatenated ``[sum H * W * A, 4]`` (P3 first), the order of the head's outputs.
+order, then the ``A`` anchors of each position. :meth:`AnchorGenerator.flat` gives the levels
+concatenated ``[sum H * W * A, 4]`` (P3 first), the order of the head's outputs.
 
 Results are cached per ``(feature_sizes, device, dtype)`` in a small LRU (``cache_size`` entries), so
 repeated image sizes cost nothing and varying sizes don't grow memory. Cached tensors are shared
@@ -27,9 +27,19 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["AnchorGenerator"]
+__all__ = ["AnchorGenerator", "grid_anchors"]
 
 _FeatureSizes = Sequence[Sequence[int]]
+
+
+def grid_anchors(cell: Tensor, stride: float, offset: float, h: int, w: int) -> Tensor:
+    """The ``A`` cell anchors ``[A, 4]`` shifted to every position of an ``h x w`` map with ``stride``:
+    ``[h * w * A, 4]`` in row-major ``(y, x)`` then anchor order, in ``cell``'s dtype (scriptable)."""
+    shift_x = torch.arange(w, dtype=cell.dtype, device=cell.device) * stride + offset * stride
+    shift_y = torch.arange(h, dtype=cell.dtype, device=cell.device) * stride + offset * stride
+    sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+    shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
+    return (shifts + cell.unsqueeze(0)).reshape(-1, 4)
 
 
 class AnchorGenerator:
@@ -79,6 +89,7 @@ class AnchorGenerator:
 
     @property
     def num_levels(self) -> int:
+        """The number of pyramid levels (one size and one stride each)."""
         return len(self.sizes)
 
     def _cell_anchors(self, size: float) -> Tensor:
@@ -134,28 +145,25 @@ class AnchorGenerator:
 
     def _grid(self, cell: Tensor, stride: float, h: int, w: int) -> Tensor:
         """``[h * w * A, 4]`` float64 anchors of one level (CPU; computed once per cache entry)."""
-        shift_x = torch.arange(w, dtype=torch.float64) * stride + self.offset * stride
-        shift_y = torch.arange(h, dtype=torch.float64) * stride + self.offset * stride
-        sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")  # row-major (y, x)
-        shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
-        return (shifts + cell[None]).reshape(-1, 4)
+        return grid_anchors(cell, float(stride), self.offset, h, w)
 
     def __call__(self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None] = None,
                  dtype: torch.dtype = torch.float32) -> list[Tensor]:
         """One ``[H * W * A, 4]`` tensor per level for ``feature_sizes = [(H, W), ...]`` (cached, read-only)."""
         return list(self._lookup(feature_sizes, device, dtype)[1])
 
-    def grid_anchors_all(self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None] = None,
-                         dtype: torch.dtype = torch.float32) -> Tensor:
+    def flat(self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None] = None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
         """All levels concatenated, ``[sum H * W * A, 4]`` in P3..P7 order (cached, read-only)."""
         key, levels = self._lookup(feature_sizes, device, dtype)
-        hit = self._cache.get(key)
-        if hit is not None and hit[1] is not None:
-            return hit[1]
-        flat = levels[0] if len(levels) == 1 else torch.cat(levels, dim=0)
-        if key in self._cache:
-            self._cache[key] = (levels, flat)
-        return flat
+        entry = self._cache.get(key)
+        if entry is not None and entry[1] is not None:
+            return entry[1]
+        out = levels[0] if len(levels) == 1 else torch.cat(levels, dim=0)
+        if entry is not None:
+            self._cache[key] = (levels, out)
+        return out
 
     def clear_cache(self) -> None:
+        """Forget all cached anchors."""
         self._cache.clear()

@@ -14,13 +14,12 @@
 ``0.4f = 0.40000001`` is ``>= 0.4``).
 
 Memory: ``match`` never builds the ``M x N`` IoU matrix. Pass 1 walks the anchors in chunks of
-``chunk_size`` (default: about 512k IoU values, 2 MB, per chunk, in three reused buffers) and keeps
-only each anchor's best IoU, each gt's best IoU and, for low-quality matches, the few (chunk, gt)
-pairs where a gt's best IoU may lie. Pass 2 recomputes just those gt rows on those chunks to find the
-anchors reaching a gt's best IoU; pass 3 computes the best gt index only for anchors that keep one
-(foreground and rescued). 500 gt x 250k anchors thus runs in a few MB instead of a 500 MB matrix
-(and faster: no index-tracking reduction over the whole matrix). ``Matcher(iou_matrix)``
-applies the same rule to an IoU matrix ``[M, N]`` you already have.
+``chunk_size`` (default: about 512k IoU values per chunk, in three reused buffers) and keeps only each
+anchor's best IoU, each gt's best IoU and, for low-quality matches, the few (chunk, gt) pairs where a
+gt's best IoU may lie. Pass 2 recomputes just those gt rows on those chunks to find the anchors
+reaching a gt's best IoU; pass 3 computes the best gt index only for anchors that keep one
+(foreground and rescued). ``Matcher(iou_matrix)`` applies the same rule to an IoU matrix ``[M, N]``
+you already have.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from retinanet.ops.boxes import _as_float, _check_boxes, _f32_bound, _iou_parts, _iou_parts_into, box_area
+from retinanet.ops.boxes import (box_area, check_boxes, exact_threshold, float_dtype, iou_from_parts,
+                                 iou_from_parts_into, to_float)
 
 __all__ = ["Matcher"]
 
@@ -68,7 +68,7 @@ class Matcher:
         if not isinstance(iou_matrix, Tensor) or iou_matrix.dim() != 2:
             got = list(iou_matrix.shape) if isinstance(iou_matrix, Tensor) else type(iou_matrix).__name__
             raise ValueError(f"matcher.py: iou_matrix must be a tensor [M, N] (gt x anchors), got {got}")
-        iou = _as_float(iou_matrix)
+        iou = to_float(iou_matrix)
         m, n = iou.shape
         if m == 0:
             return torch.full((n,), self.BACKGROUND, dtype=torch.int64, device=iou.device)
@@ -89,13 +89,13 @@ class Matcher:
     def match_with_iou(self, gt_boxes: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
         """``(matches LongTensor[N], best_iou float[N])``: ``best_iou`` is each anchor's highest IoU
         with any gt box (the IoU with ``matches`` for foreground anchors; 0 when ``M = 0``)."""
-        _check_boxes("gt_boxes", gt_boxes, ndim=2)
-        _check_boxes("anchors", anchors, ndim=2)
+        check_boxes("gt_boxes", gt_boxes, ndim=2)
+        check_boxes("anchors", anchors, ndim=2)
         if gt_boxes.device != anchors.device:
             raise ValueError(f"matcher.py: gt_boxes on {gt_boxes.device} but anchors on {anchors.device}")
-        dtype = torch.promote_types(_as_float(gt_boxes[:0]).dtype, _as_float(anchors[:0]).dtype)
-        gt = _as_float(gt_boxes, dtype)
-        an = _as_float(anchors, dtype)
+        dtype = float_dtype(gt_boxes, anchors)
+        gt = to_float(gt_boxes, dtype)
+        an = to_float(anchors, dtype)
         m, n = gt.shape[0], an.shape[0]
         device = an.device
         if m == 0 or n == 0:
@@ -112,7 +112,7 @@ class Matcher:
             """cols [5, k] anchor parts -> IoU as a [k, m] view of a [m, k] block in bufs[0]."""
             k = cols.shape[1]
             views = [b[: m * k].view(m, k) for b in bufs]
-            return _iou_parts_into(g_parts, [cols[i][None] for i in range(5)], *views).t()
+            return iou_from_parts_into(g_parts, [cols[i][None] for i in range(5)], *views).t()
 
         # pass 1: each anchor's best IoU, each gt's best IoU, and the chunks where a gt's best may lie
         best = torch.empty(n, dtype=dtype, device=device)
@@ -137,27 +137,27 @@ class Matcher:
                 if g.numel() == 0:
                     continue
                 cols = an_t[:, s:s + chunk]
-                iou = _iou_parts(*[cols[i][:, None] for i in range(5)], *[p[g, 0][None] for p in g_parts])
+                iou = iou_from_parts(*[cols[i][:, None] for i in range(5)], *[p[g, 0][None] for p in g_parts])
                 hits.append(s + (iou == gt_best[g][None]).any(dim=1).nonzero().squeeze(1))
             if hits:
                 rescue = torch.cat(hits)
 
         # pass 3: the gt index (first on ties) only for anchors that keep one: foreground and rescued
-        fg = _f32_bound(self.fg_iou_threshold, dtype, upper=True)
-        need = (best >= fg).nonzero().squeeze(1)
+        fg = exact_threshold(self.fg_iou_threshold, dtype, strict=False)
+        with_gt = (best >= fg).nonzero().squeeze(1)
         if rescue is not None:
-            need = torch.unique(torch.cat((need, rescue)))
+            with_gt = torch.unique(torch.cat((with_gt, rescue)))
         best_gt = torch.zeros(n, dtype=torch.int64, device=device)
-        for s in range(0, need.numel(), chunk):
-            idx = need[s:s + chunk]
+        for s in range(0, with_gt.numel(), chunk):
+            idx = with_gt[s:s + chunk]
             best_gt[idx] = iou_rows(an_t.index_select(1, idx)).argmax(dim=1)
         return self._labels(best, best_gt, rescue), best
 
     # ------------------------------------------------------------------------------------------
     def _labels(self, best: Tensor, best_gt: Tensor, rescue: Optional[Tensor]) -> Tensor:
         """Thresholds ``best`` IoU into codes; ``rescue``: anchor indices restored to ``best_gt``."""
-        fg = _f32_bound(self.fg_iou_threshold, best.dtype, upper=True)
-        bg = _f32_bound(self.bg_iou_threshold, best.dtype, upper=True)
+        fg = exact_threshold(self.fg_iou_threshold, best.dtype, strict=False)
+        bg = exact_threshold(self.bg_iou_threshold, best.dtype, strict=False)
         codes = torch.where(best >= bg, self.IGNORE, self.BACKGROUND).to(torch.int64)
         out = torch.where(best >= fg, best_gt, codes)
         if rescue is not None and rescue.numel():

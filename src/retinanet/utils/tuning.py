@@ -1,4 +1,6 @@
-"""Process-wide runtime settings for the command-line tools.
+"""Machine-specific tuning, in one place: the C allocator mode of the command-line tools and the
+private PyTorch calls of the focal-loss kernel, each behind a small function with a plain fallback.
+Their measured effect is in BENCHMARKS.md.
 
 ``configure_runtime("keep")`` asks glibc's allocator (through ``mallopt``) to keep freed memory in
 the process instead of handing it back to the operating system: big blocks come from the heap
@@ -7,15 +9,27 @@ freed pages to the host (balloon free-page reporting), every fresh page of a lar
 otherwise costs a host fault, which can make an allocation-heavy step several times slower.
 ``"default"`` leaves the C library as it is. Libraries importing ``retinanet`` are never changed;
 only the CLI calls this. Nothing happens on non-glibc systems.
+
+``softplus_into(x, out)`` computes ``softplus(x)`` into a preallocated buffer through torch's private
+``out=`` overload (a new tensor where the build lacks it). ``storage_use_count(t)`` reads how many
+references share a tensor's storage (torch's private counter; ``None`` where the build lacks it), so a
+buffer can be reused only when nothing else holds it.
+
+torch is imported on first use, so that the CLI can set the allocator mode before torch allocates.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
+from typing import TYPE_CHECKING, Optional
 
-__all__ = ["configure_runtime"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["configure_runtime", "softplus_into", "storage_use_count"]
 
 log = logging.getLogger("retinanet.runtime")
 
@@ -39,3 +53,51 @@ def configure_runtime(malloc: str = "keep") -> bool:
     ok &= bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))  # never trim the heap
     ok &= bool(mallopt(_M_TOP_PAD, 256 << 20))  # grow the heap in 256 MiB steps
     return ok
+
+
+@functools.lru_cache(maxsize=None)
+def _has_softplus_out() -> bool:
+    import torch
+
+    try:
+        x = torch.zeros(2)
+        return torch._C._nn.softplus(x, 1.0, 20.0, out=torch.empty(2)).shape == x.shape
+    except Exception:  # pragma: no cover - torch builds without the out= overload
+        return False
+
+
+def softplus_into(x: Tensor, out: Tensor) -> Tensor:
+    """``softplus(x)`` (beta 1, threshold 20, as ``F.softplus``) written into ``out`` (``x``'s shape and
+    dtype) when this torch build allows it, else a new tensor; use the returned tensor."""
+    import torch
+
+    if _has_softplus_out():
+        return torch._C._nn.softplus(x, 1.0, 20.0, out=out)
+    return torch.nn.functional.softplus(x)
+
+
+def _use_count(t: Tensor) -> int:
+    import torch
+
+    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_storage_use_count() -> bool:
+    import torch
+
+    try:
+        t = torch.empty(4)
+        base = _use_count(t)
+        view = t[1:]
+        ok = _use_count(t) == base + 1
+        del view
+        return ok and _use_count(t) == base
+    except Exception:  # pragma: no cover - private API missing on this torch build
+        return False
+
+
+def storage_use_count(t: Tensor) -> Optional[int]:
+    """How many references (tensors, views, autograd's saved tensors, ``.grad``) share ``t``'s storage,
+    or None where this torch build cannot tell (then no buffer may be reused)."""
+    return _use_count(t) if _has_storage_use_count() else None
