@@ -1,5 +1,5 @@
-"""Tests for modeling/fuse.py and RetinaNet.fuse_for_inference: the fused inference model gives the same
-outputs and detections as the unfused one, on both code paths (oneDNN fused ops and plain PyTorch)."""
+"""Tests for modeling/fuse.py, RetinaNet.fuse_for_inference and the frozen-BN fold of modeling/norm.py:
+the fused inference model gives the same outputs and detections as the unfused one."""
 
 from __future__ import annotations
 
@@ -10,26 +10,25 @@ import pytest
 import torch
 from torch import nn
 
-from retinanet.config import ModelConfig
-from retinanet.inference.loop import inference_model
-from retinanet.modeling.backbone import FrozenBatchNorm2d, build_backbone
-from retinanet.modeling.fuse import FusedConv2d, fuse_for_inference, mkldnn_fusion_available
+from retinanet.config import Config, ModelConfig
+from retinanet.modeling.backbone import build_backbone
+from retinanet.modeling.fuse import FusedConv2d, fuse_for_inference
+from retinanet.modeling.norm import FrozenBatchNorm2d, conv_bn
 from retinanet.modeling.retinanet import RetinaNet
 
 from model_factory import randomize_bn
 
 torch.set_num_threads(1)
 
-PATHS = [False] + ([True] if mkldnn_fusion_available() else [])
-
 
 def small_model(backbone: str = "resnet18", channels_last: bool = True, classes: int = 5, **kw) -> RetinaNet:
-    cfg = ModelConfig(num_classes=classes, fpn_channels=32, head_convs=2, channels_last=channels_last,
-                      score_thresh=0.0, detections_per_image=50, **kw)
-    cfg.backbone.name = backbone
-    cfg.backbone.weights = None
+    cfg = Config(model=ModelConfig(num_classes=classes, fpn_channels=32, head_convs=2,
+                                   channels_last=channels_last, score_thresh=0.0, detections_per_image=50, **kw))
+    cfg.model.backbone.name = backbone
+    cfg.model.backbone.weights = None
+    cfg.data.size_divisibility = 32  # the 128 x 192 test images are not padded
     torch.manual_seed(0)
-    model = RetinaNet(cfg)
+    model = RetinaNet.from_config(cfg)
     randomize_bn(model)
     # a head that separates classes and moves boxes, so detections are not all ties
     with torch.no_grad():
@@ -54,12 +53,11 @@ def close_dets(a: list[dict], b: list[dict], min_matched: float = 0.95) -> None:
         assert same.any(1).float().mean() >= min_matched
 
 
-@pytest.mark.parametrize("use_mkldnn", PATHS)
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
-def test_fused_retinanet_same_outputs_and_detections(backbone, channels_last, use_mkldnn):
+def test_fused_retinanet_same_outputs_and_detections(backbone, channels_last):
     model = small_model(backbone, channels_last)
-    fused = model.fuse_for_inference(use_mkldnn=use_mkldnn)
+    fused = model.fuse_for_inference()
     assert fused.fused and not model.fused
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fused.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # the original is untouched
@@ -72,24 +70,41 @@ def test_fused_retinanet_same_outputs_and_detections(backbone, channels_last, us
         cb, rb = fused.head(fb)
         torch.testing.assert_close(cb, ca, rtol=1e-4, atol=2e-4 * float(ca.abs().max()))
         torch.testing.assert_close(rb, ra, rtol=1e-4, atol=2e-4 * float(ra.abs().max()))
-        sizes = [(128, 192), (100, 150)]
-        da = model(x, image_sizes=sizes)
-        db = fused(x, image_sizes=sizes)
+        images = [x[0], x[1, :, :100, :150]]  # two sizes: the second is padded and clipped to 100 x 150
+        da = model(images)
+        db = fused(images)
     assert sum(d["boxes"].shape[0] for d in da) > 10
     close_dets(da, db)
 
 
-@pytest.mark.parametrize("use_mkldnn", PATHS)
-def test_fused_mobilenet_relu6_and_residuals(use_mkldnn):
+def test_fused_mobilenet_relu6_and_residuals():
     torch.manual_seed(0)
     body = build_backbone("mobilenet_v2").eval()
     randomize_bn(body)
-    fused = fuse_for_inference(body, use_mkldnn=use_mkldnn)
+    fused = fuse_for_inference(body)
     assert not any(isinstance(m, (FrozenBatchNorm2d, nn.ReLU6)) for m in fused.modules())
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():
         for a, b in zip(body(x), fused(x)):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_fused_backbones_same_outputs(name, norm):
+    """Every BatchNorm (frozen, or nn.BatchNorm2d in eval mode) is folded; outputs equal the original's."""
+    torch.manual_seed(0)
+    body = build_backbone(name, norm=norm).eval()
+    randomize_bn(body)
+    fused = fuse_for_inference(body)
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in fused.modules())
+    assert any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in body.modules())  # original untouched
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(body(x), fused(x)):
+            scale = a.abs().max()
+            assert scale > 0
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_fused_gn_head_keeps_groupnorm():
@@ -117,14 +132,14 @@ def test_fused_model_refuses_training_and_keeps_checkpoint_format():
     assert inplace is model and model.fused
 
 
-def test_fused_conv_fallbacks_autograd_float64_and_copies():
+def test_fused_conv_autograd_float64_and_copies():
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(8, 16, 3, padding=1, bias=False), FrozenBatchNorm2d(16)
     randomize_bn(bn)
     ref = nn.Sequential(conv, bn, nn.ReLU())
     fc = FusedConv2d(conv, bn, "relu")
     x = torch.randn(2, 8, 9, 7, requires_grad=True)
-    y = fc(x)  # autograd through the input: plain path
+    y = fc(x)  # autograd through the input
     y.sum().backward()
     x2 = x.detach().clone().requires_grad_()
     ref(x2).sum().backward()
@@ -140,24 +155,14 @@ def test_fused_conv_fallbacks_autograd_float64_and_copies():
         torch.testing.assert_close(c(x), out32)
         p = pickle.loads(pickle.dumps(fc))
         torch.testing.assert_close(p(x), out32)
-        d = copy.deepcopy(fc).double()  # float64: plain path
+        d = copy.deepcopy(fc).double()
         torch.testing.assert_close(d(x.double()).float(), out32, rtol=1e-5, atol=1e-5)
-
-
-def test_inference_model_helper():
-    model = small_model()
-    net = inference_model(model)
-    assert net is not model and net.fused and not model.fused
-    assert inference_model(model, fuse=False) is model
-    assert inference_model(net) is net
-    plain = nn.Conv2d(3, 3, 1)
-    assert inference_model(plain) is plain
+        biased = nn.Conv2d(8, 16, 3, padding=1)  # the conv's own bias is scaled and shifted too
+        torch.testing.assert_close(FusedConv2d(biased, bn)(x), bn(biased(x)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_conv_bn_training_path_same_values_and_gradients(bias):
-    from retinanet.modeling.backbone import conv_bn
-
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(6, 10, 3, stride=2, padding=1, bias=bias), FrozenBatchNorm2d(10)
     randomize_bn(bn)
@@ -186,7 +191,7 @@ def _ref_topk_above(x: torch.Tensor, k: int, thresh: float) -> torch.Tensor:
 @pytest.mark.parametrize("m", [10, 5000, 300_000, 3_000_000])
 @pytest.mark.parametrize("thresh", [-float("inf"), -2.944, 1.5, float("inf")])
 def test_topk_above_equals_topk_then_threshold(m, thresh):
-    from retinanet.modeling.retinanet import topk_above
+    from retinanet.ops.topk import topk_above
 
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, generator=g) - 3.0  # distinct values
@@ -195,7 +200,7 @@ def test_topk_above_equals_topk_then_threshold(m, thresh):
 
 
 def test_topk_above_when_the_sample_misses_the_large_values():
-    from retinanet.modeling.retinanet import _sample_index, topk_above
+    from retinanet.ops.topk import _sample_index, topk_above
 
     m = 2_000_000
     x = torch.full((m,), -10.0)
@@ -209,7 +214,7 @@ def test_topk_above_when_the_sample_misses_the_large_values():
 
 
 def test_topk_above_ignores_nan():
-    from retinanet.modeling.retinanet import topk_above
+    from retinanet.ops.topk import topk_above
 
     x = torch.tensor([0.5, float("nan"), 2.0, -1.0])
     assert topk_above(x, 2).tolist() == [0, 2]
@@ -222,7 +227,7 @@ def test_nonzero_gt_block_scan_equals_plain_compare(tau, size):
     """The block-maximum scan (large CPU inputs) finds exactly ``(x > tau).nonzero()``: with NaN in a
     block that also holds a large value, values in the ragged tail, and taus that make few or most
     blocks qualify (the chunked fallback)."""
-    from retinanet.modeling.retinanet import _BLOCK, _CHUNK, _block_size, _nonzero_gt
+    from retinanet.ops.topk import _BLOCK, _CHUNK, _block_size, _nonzero_gt
 
     base = {"32-blocks": _CHUNK, "64-blocks": 1 << 21, "128-blocks": 1 << 23}[size]
     m = base + _BLOCK * 3 + 57  # ragged tail of 57 values

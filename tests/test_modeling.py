@@ -1,4 +1,5 @@
-"""Tests for modeling/backbone.py, fpn.py, head.py, weights.py (small inputs; big models on meta device)."""
+"""Tests for modeling/backbone.py, norm.py, resnet.py, mobilenet.py, fpn.py, head.py, weights.py (small
+inputs; big models on meta device). Folding BatchNorm for inference: test_fuse.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from retinanet.modeling.backbone import (BACKBONES, FrozenBatchNorm2d, build_backbone, fuse_frozen_bn)
+from retinanet.modeling.backbone import BACKBONES, build_backbone
 from retinanet.modeling.fpn import FPN, BackboneWithFPN
 from retinanet.modeling.head import RetinaNetHead
+from retinanet.modeling.mobilenet import FoldedSequential
+from retinanet.modeling.norm import FrozenBatchNorm2d
 from retinanet.modeling.weights import (IMAGENET_FILES, WeightsError, WeightsNotFoundError,
                                         load_backbone_weights, read_state_dict)
 
@@ -312,8 +315,6 @@ def test_mobilenet_freeze_at_and_frozen_bn_has_no_trainable_norm():
 def test_mobilenet_folded_frozen_bn_equals_separate_bn_forward_and_backward():
     """FoldedSequential runs conv + FrozenBatchNorm2d as one conv_bn call: same outputs and the same
     weight gradients as running the modules one after the other (nn.Sequential)."""
-    from retinanet.modeling.backbone import FoldedSequential
-
     torch.manual_seed(0)
     body = build_backbone("mobilenet_v2", freeze_at=0)
     randomize_bn(body)
@@ -358,25 +359,6 @@ def test_invalid_arguments():
         RetinaNetHead(16, 9, 3)([torch.zeros(1, 8, 4, 4)])
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         build_backbone("resnet18")(torch.zeros(1, 1, 32, 32))
-
-
-# ---------------------------------------------------------------------------------------------- fusion
-
-
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
-def test_fuse_frozen_bn_same_outputs(name):
-    torch.manual_seed(0)
-    body = build_backbone(name).eval()
-    randomize_bn(body)
-    fused = fuse_frozen_bn(body)
-    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fused.modules())
-    assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())  # original untouched
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        for a, b in zip(body(x), fused(x)):
-            scale = a.abs().max()
-            assert scale > 0
-            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * scale)
 
 
 # ---------------------------------------------------------------------------------------------- FPN
