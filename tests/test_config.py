@@ -1,5 +1,7 @@
 """Config dataclasses, YAML presets, dotted overrides and their error messages."""
 
+import re
+
 import pytest
 
 from retinanet.config import (Config, ConfigError, config_from_dict, config_to_dict, list_presets,
@@ -101,3 +103,27 @@ def test_user_file_with_base(tmp_path):
     p.write_text("base: retinanet_R50_FPN_500\nmodel:\n  num_classes: 2\n")
     cfg = load_config(str(p))
     assert cfg.model.num_classes == 2 and cfg.data.min_size == (500,)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.pixel_std=[0.229,0.224,0]", "model.pixel_std"),
+    ("model.pixel_std=[0.229,0.224,-0.2]", "model.pixel_std"),
+    ("model.pixel_std=[0.229,.inf,0.225]", "model.pixel_std"),
+    ("model.pixel_std=[0.229,0.224]", "model.pixel_std"),
+    ("model.pixel_std=[0.229,0.224,abc]", "model.pixel_std[2]"),
+    ("model.pixel_mean=[0.485,.nan,0.406]", "model.pixel_mean"),
+])
+def test_bad_pixel_statistics_are_rejected(override, key):
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + ":") as e:
+        load_config(None, [override])
+    assert e.value.key == key
+
+
+def test_pixel_statistics_default_when_a_stored_config_lacks_them():
+    stored = config_to_dict(Config())
+    del stored["model"]["pixel_mean"], stored["model"]["pixel_std"]  # a checkpoint written before they existed
+    cfg = config_from_dict(stored)
+    assert cfg.model.pixel_mean == (0.485, 0.456, 0.406) and cfg.model.pixel_std == (0.229, 0.224, 0.225)
+    again = config_from_dict(config_to_dict(load_config(None, ["model.pixel_mean=[0.5,0.5,0.5]",
+                                                               "model.pixel_std=[1,1,1]"])))
+    assert again.model.pixel_mean == (0.5, 0.5, 0.5) and again.model.pixel_std == (1.0, 1.0, 1.0)

@@ -1,4 +1,4 @@
-"""Tests for retinanet.inference.evaluator: exact agreement with pycocotools' COCOeval."""
+"""Tests for COCO evaluation (coco_results, coco_eval, evaluator): exact agreement with pycocotools' COCOeval."""
 
 from __future__ import annotations
 
@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from retinanet.inference.evaluator import (
-    STAT_NAMES,
-    CocoEvaluator,
-    detections_to_coco_results,
-    evaluate_coco,
-)
+from retinanet.inference.coco_eval import STAT_NAMES, evaluate_coco
+from retinanet.inference.coco_results import detections_to_coco_results
+from retinanet.inference.evaluator import CocoEvaluator
 
 torch.set_num_threads(1)
 
@@ -291,14 +288,13 @@ def test_coco_evaluator_evaluates_only_the_images_it_saw(gt):
     assert m["AR100"] > evaluate_coco(gt, subset)["AR100"]  # unseen images would count as misses
 
 
-def test_coco_evaluator_rescales_to_original_size(gt):
+def test_coco_evaluator_takes_boxes_as_given(gt):
+    """Boxes are already in original pixels (the model maps them back): ``orig_size`` and the size the
+    model saw change nothing."""
     dets, ids = make_detections(gt)
-    half = [{**d, "boxes": d["boxes"] / 2} for d in dets]  # the model saw images at half size
     ev = CocoEvaluator(FakeDataset(gt))
-    ev.update(half, _targets(ids, [(480, 640)] * len(ids)), image_sizes=[(240, 320)] * len(ids))
+    ev.update(dets, _targets(ids, [(240, 320)] * len(ids)))
     assert ev.results() == detections_to_coco_results(dets, ids, LABEL_TO_CAT)
-    with pytest.raises(ValueError, match="orig_size"):
-        ev.update(half[:1], _targets(ids[:1]), image_sizes=[(240, 320)])
 
 
 def test_coco_evaluator_rejects_datasets_without_the_interface():

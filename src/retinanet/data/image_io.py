@@ -1,4 +1,5 @@
-"""Reading image files into RGB arrays: ``load_image(path) -> np.ndarray uint8 [H, W, 3]``.
+"""Reading image files into RGB arrays: ``load_image(path) -> np.ndarray uint8 [H, W, 3]``, and
+``read_image_size(path, source) -> (h, w)`` of the displayed image from the file header alone.
 
 What it does to every file, so that boxes annotated on the *displayed* image stay right:
 
@@ -34,7 +35,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from retinanet.data.errors import DataError
 
-__all__ = ["load_image", "set_max_image_pixels", "get_max_image_pixels", "MAX_PIXELS_ENV"]
+__all__ = ["load_image", "read_image_size", "set_max_image_pixels", "get_max_image_pixels", "MAX_PIXELS_ENV"]
 
 logger = logging.getLogger("retinanet.data")
 
@@ -142,6 +143,20 @@ def _exif_orientation(im: Image.Image, path: str) -> int:
     except Exception as e:  # corrupt EXIF block: show the pixels as stored, like most viewers
         logger.debug("%s: unreadable EXIF (%s); orientation ignored", path, e)
         return 1
+
+
+def read_image_size(path: PathLike, source: str) -> tuple[int, int]:
+    """``(h, w)`` of the displayed image from the file header, without decoding the pixels (EXIF
+    rotations 5..8 swap the sides). For annotations that omit the size: ``source`` names the entry,
+    and a file that cannot be opened raises :class:`DataError` starting with it."""
+    p = os.fspath(path)
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            orientation = _exif_orientation(im, p)
+    except Exception as e:
+        raise DataError(f"{source}: the image size is not given and {p} cannot be opened ({e})", p) from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 def load_image(path: PathLike) -> np.ndarray:

@@ -3,7 +3,7 @@
 ``VOCDetection(root, split="train", class_names=VOC_CLASSES, use_difficult=False, transforms=None)``
 reads ``root/ImageSets/Main/{split}.txt`` (one image id per line; only the first token is used),
 ``root/Annotations/{id}.xml`` and ``root/JPEGImages/{id}.jpg``. Items are ``(image, target)`` exactly
-as for COCO (see :mod:`retinanet.data.coco`).
+as for COCO (see :mod:`retinanet.data.dataset`).
 
 - Coordinates: VOC pixels are 1-based and inclusive; a box becomes
   ``(xmin - 1, ymin - 1, xmax, ymax)`` in our 0-based, exclusive-end convention (as detectron2 and
@@ -29,8 +29,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from retinanet.data.coco import DetectionDataset, PathLike, Transform, _header_size
+from retinanet.data.dataset import DetectionDataset, Transform
 from retinanet.data.errors import DataError
+from retinanet.data.image_io import PathLike, read_image_size
 
 __all__ = ["VOCDetection", "VOC_CLASSES"]
 
@@ -115,7 +116,7 @@ class VOCDetection(DetectionDataset):
             xml_path = os.path.join(self.root, "Annotations", f"{image_id}.xml")
             root = _parse_xml(xml_path)
             size = _read_size(root)
-            hw[i] = size if size else _header_size(os.path.join(image_dir, image_id + image_ext), xml_path)
+            hw[i] = size if size else read_image_size(os.path.join(image_dir, image_id + image_ext), xml_path)
             for k, obj in enumerate(root.findall("object")):
                 name = (obj.findtext("name") or "").strip()
                 if not name:

@@ -1,16 +1,10 @@
-"""Configuration: plain dataclasses, loaded from YAML, with dotted overrides.
+"""Loading a :class:`~retinanet.config.schema.Config`: YAML files, presets, overrides, validation.
 
-A run is described by one :class:`Config` with four sections:
-
-- ``model``  (:class:`ModelConfig`): backbone, FPN, head, anchors, matcher, losses, post-processing.
-- ``data``   (:class:`DataConfig`): dataset format and paths, input sizes, augmentation, loader.
-- ``solver`` (:class:`SolverConfig`): SGD recipe, schedule, AMP, gradient clipping.
-- ``train``  (:class:`TrainConfig`): output folder, checkpoints, logging, evaluation period, seed.
-
-Defaults are the paper's (RetinaNet R50-FPN, 1x schedule, 800 px). ``load_config(path, overrides)``
-reads a YAML file (which may name a ``base`` file or packaged preset to start from), applies
-``key.sub=value`` overrides and validates everything, raising :class:`ConfigError` with the offending
-key, and the closest valid key when a name is misspelt.
+``load_config(path, overrides)`` reads a YAML file (which may name a ``base`` file or packaged preset
+to start from), applies ``key.sub=value`` overrides (values parsed as YAML), converts the nested dict
+to the dataclasses (lists become tuples where declared, ``1e-4`` strings become numbers) and
+validates everything, raising :class:`ConfigError` with the offending key, and the closest valid
+key when a name is misspelt. ``config_to_dict`` and ``save_config`` go the other way.
 """
 
 from __future__ import annotations
@@ -21,19 +15,19 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
+from retinanet.config.schema import Config
+
 __all__ = [
-    "BackboneConfig", "AnchorConfig", "ModelConfig", "DataConfig", "SolverConfig", "TrainConfig",
-    "Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides",
+    "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "validate",
     "preset_path", "list_presets", "save_config",
 ]
 
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -47,146 +41,11 @@ class ConfigError(ValueError):
         self.key = key
 
 
-@dataclass
-class BackboneConfig:
-    """Feature extractor producing C3, C4, C5 (strides 8, 16, 32)."""
-
-    name: str = "resnet50"  # resnet18/34/50/101/152, resnext101_32x8d, mobilenet_v2
-    norm: str = "frozen_bn"  # frozen_bn | bn
-    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + first stage, ... 5 all
-    weights: Optional[str] = None  # path to a torchvision-format file, or "imagenet" (local only)
-
-
-@dataclass
-class AnchorConfig:
-    """Anchors on P3..P7: one size per level, times scales and aspect ratios (h / w)."""
-
-    sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
-    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
-    scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    offset: float = 0.0  # anchor centre at offset * stride inside the cell (0 = cell corner)
-
-
-@dataclass
-class ModelConfig:
-    """The detector: architecture, training targets and losses, and inference post-processing."""
-
-    num_classes: int = 80
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    fpn_channels: int = 256
-    p6_from: str = "C5"  # C5 (paper) | P5 (torchvision v1)
-    head_convs: int = 4
-    head_norm: Optional[str] = None  # None | GN
-    prior: float = 0.01
-    anchors: AnchorConfig = field(default_factory=AnchorConfig)
-    # assignment
-    fg_iou_threshold: float = 0.5
-    bg_iou_threshold: float = 0.4
-    allow_low_quality_matches: bool = True
-    # losses
-    cls_loss: str = "focal"  # focal | ce (alpha-balanced when focal_alpha >= 0)
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    box_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou
-    smooth_l1_beta: float = 0.1
-    box_loss_weight: float = 1.0
-    box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
-    loss_normalizer: str = "batch"  # batch | ema
-    normalizer_momentum: float = 0.9
-    # inference
-    score_thresh: float = 0.05
-    topk_candidates: int = 1000
-    nms_thresh: float = 0.5
-    detections_per_image: int = 100
-    # runtime
-    channels_last: bool = True  # NHWC memory layout for the convolutions (same results, ~20% faster on CPU)
-
-
-@dataclass
-class DataConfig:
-    """Where the data is and how images are sized, augmented and batched."""
-
-    format: str = "coco"  # coco | voc
-    train_images: Optional[str] = None  # COCO: image folder
-    train_annotations: Optional[str] = None  # COCO: json file
-    val_images: Optional[str] = None
-    val_annotations: Optional[str] = None
-    voc_root: Optional[str] = None  # VOC: folder with Annotations/, JPEGImages/, ImageSets/Main/
-    train_split: str = "train"
-    val_split: str = "val"
-    class_names: Optional[list[str]] = None  # VOC class list (default: the 20 VOC classes)
-    min_size: tuple[int, ...] = (800,)  # shorter side; several values = multi-scale training
-    max_size: int = 1333
-    test_min_size: int = 800
-    test_batch_size: int = 2  # images per process during evaluation and prediction
-    flip_prob: float = 0.5
-    size_divisibility: int = 128
-    num_workers: int = 2
-    skip_bad_images: bool = False
-
-
-@dataclass
-class SolverConfig:
-    """The paper's recipe: SGD, lr 0.01 for 16 images (scaled linearly), steps at 2/3 and 8/9."""
-
-    batch_size: int = 16  # global, over all processes
-    optimizer: str = "sgd"  # sgd (the paper's) | adamw (momentum = beta1; faster on short CPU schedules)
-    base_lr: float = 0.01
-    reference_batch_size: int = 16  # lr = base_lr * batch_size / reference_batch_size
-    backbone_lr_factor: float = 1.0  # the backbone's trainable stages train at lr * this (FPN, head at lr)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    max_iter: int = 90000
-    epochs: Optional[float] = None  # if set, max_iter = ceil(epochs * len(dataset) / batch_size)
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
-    schedule: str = "step"  # step (the paper's: times gamma at each of `steps`) | cosine (to 0 at max_iter)
-    steps: tuple[float, ...] = (2 / 3, 8 / 9)  # fractions of max_iter (step schedule)
-    gamma: float = 0.1
-    clip_grad_norm: Optional[float] = None
-    amp: str = "off"  # off | bf16 | fp16 (fp16 on CUDA only)
-    skip_nonfinite: bool = False  # skip steps with NaN/inf loss instead of stopping
-
-    def lr(self) -> float:
-        """The learning rate after linear scaling by the global batch size."""
-        return self.base_lr * self.batch_size / self.reference_batch_size
-
-
-@dataclass
-class TrainConfig:
-    """Run bookkeeping: outputs, checkpoints, logging, evaluation, seed, device."""
-
-    output_dir: str = "runs/retinanet"
-    checkpoint_period: int = 5000
-    keep_checkpoints: int = 3
-    eval_period: int = 0  # 0 = evaluate only at the end
-    log_period: int = 20
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: int = 0  # torch intra-op threads; 0 = torch default
-    tensorboard: bool = True  # also log metrics as TensorBoard events (rank 0; only if tensorboard is installed)
-
-
-@dataclass
-class Config:
-    """A whole run: model, data, solver and train sections."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
 # --------------------------------------------------------------------------------------------------
 # dict <-> dataclass with type checking
 
 
 _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # exponent without a dot: 1e-4
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -301,6 +160,10 @@ def validate(cfg: Config) -> None:
     """Reject impossible values with a message naming the key."""
     m, d, s, t = cfg.model, cfg.data, cfg.solver, cfg.train
     _check(m.num_classes >= 1, "model.num_classes", "must be >= 1", m.num_classes)
+    _check(len(m.pixel_mean) == 3 and all(math.isfinite(v) for v in m.pixel_mean), "model.pixel_mean",
+           "must be 3 finite numbers (R, G, B)", m.pixel_mean)
+    _check(len(m.pixel_std) == 3 and all(math.isfinite(v) and v > 0 for v in m.pixel_std), "model.pixel_std",
+           "must be 3 finite numbers > 0 (R, G, B)", m.pixel_std)
     _check(m.p6_from in ("C5", "P5"), "model.p6_from", "must be C5 or P5", m.p6_from)
     _check(m.head_norm in (None, "GN"), "model.head_norm", "must be null or GN", m.head_norm)
     _check(m.backbone.norm in ("frozen_bn", "bn"), "model.backbone.norm", "must be frozen_bn or bn", m.backbone.norm)
