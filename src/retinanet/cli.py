@@ -31,9 +31,9 @@ log = logging.getLogger("retinanet")
 
 
 def _setup_logging(verbose: bool) -> None:
-    from retinanet.utils import distributed as du
+    from retinanet.utils import distributed
     level = logging.DEBUG if verbose else logging.INFO
-    if du.env_rank() != 0:  # the process group is not joined yet: read the launcher's RANK
+    if distributed.env_rank() != 0:  # the process group is not joined yet: read the launcher's RANK
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -46,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     configure_runtime(args.malloc)
-    from retinanet.utils import distributed as du
+    from retinanet.utils import distributed
     finished, trainer = False, None
     try:
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -54,8 +54,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         finished = True
     finally:
         trainer = None  # drop the model and its DDP wrapper before the process group goes
-        du.cleanup(synchronize=finished)
-    if du.env_rank() == 0:
+        distributed.cleanup(synchronize=finished)
+    if distributed.env_rank() == 0:
         state = "stopped early" if result.stopped_early else "finished"
         if result.signal:
             import signal
@@ -82,46 +82,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from retinanet.config import load_config
     from retinanet.data.build import build_dataset, build_eval_loader
-    from retinanet.utils import distributed as du
-    from retinanet.training.checkpoint import atomic_write, load_checkpoint, load_model_state
     from retinanet.inference.loop import evaluate
+    from retinanet.modeling.state_dict import load_model_state
+    from retinanet.utils import distributed
+    from retinanet.utils.device import resolve_device
+    from retinanet.utils.io import atomic_write_json
+    from retinanet.utils.serialization import load_file
     from retinanet.utils.tuning import configure_runtime
-    from retinanet.training.trainer import resolve_device
     from retinanet.modeling.retinanet import RetinaNet
     configure_runtime(args.malloc)
     cfg = load_config(args.config, args.overrides)
-    cfg.model.backbone.weights = None
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    du.init_distributed(device)
+    distributed.init_distributed(device)
     finished = False
     try:
         dataset = build_dataset(cfg, train=False)
-        state = load_checkpoint(args.weights)  # fails early: before building the model
-        model = RetinaNet(cfg.model).to(device)
+        state = load_file(args.weights)  # fails early: before building the model
+        model = RetinaNet.from_config(cfg).to(device)
         load_model_state(model, state.get("model", state))
-        loader = build_eval_loader(dataset, cfg, rank=du.rank(), world_size=du.world_size())
+        model = model.fuse_for_inference(inplace=True)
+        loader = build_eval_loader(dataset, cfg, rank=distributed.rank(), world_size=distributed.world_size())
         out = Path(args.out or Path(args.weights).parent)
-        if du.is_main():
+        if distributed.is_main():
             out.mkdir(parents=True, exist_ok=True)
         metrics = evaluate(model, loader, dataset, device, results_path=out / "detections.json",
                            progress=not args.no_progress)
-        if du.is_main():
-            data = json.dumps(metrics, indent=2).encode()
-            atomic_write(out / "metrics.json", lambda f: f.write(data))
+        if distributed.is_main():
+            atomic_write_json(out / "metrics.json", metrics, indent=2)
             print(_metrics_line(metrics))
             print(f"detections: {out / 'detections.json'}  metrics: {out / 'metrics.json'}")
         finished = True
     finally:
-        du.cleanup(synchronize=finished)
+        distributed.cleanup(synchronize=finished)
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from retinanet.data.image_io import load_image
-    from retinanet.inference.evaluator import detections_to_coco_results
+    from retinanet.inference.coco_results import detections_to_coco_results
     from retinanet.inference.predictor import Predictor, find_images
+    from retinanet.utils.io import atomic_write, atomic_write_json
     from retinanet.viz.draw import draw_detections
     paths = find_images(args.inputs)
     if not paths:
@@ -142,8 +144,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             used.add(name)
             img = draw_detections(load_image(path), det["boxes"], det["labels"], det["scores"],
                                   class_names=pred.class_names, score_thresh=args.draw_thresh)
-            img.save(out / name)
-    (out / "predictions.json").write_text(json.dumps(results))
+            atomic_write(out / name, lambda f: img.save(f, format="PNG"))
+    atomic_write_json(out / "predictions.json", results)
     print(f"{len(paths)} images, {len(results)} detections -> {out / 'predictions.json'}"
           + ("" if args.no_draw else f" and {out}/*_pred.png"))
     return 0
@@ -153,8 +155,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from retinanet.export.exporter import export_model
     path = export_model(args.weights, args.out, fmt=args.format, config=args.config, height=args.height,
                         width=args.width, check=not args.no_check, dynamic=not args.static)
-    print(f"exported {args.format} model to {path}" + ("" if args.no_check else
-          " (checked: same detections as the Python model on a random input)"))
+    checked = not args.no_check and args.format != "onnx"
+    print(f"exported {args.format} model to {path}" + (" (checked: same detections as the eager model on "
+          "random images of two sizes, batches of 1 and 2)" if checked else " (not checked)"))
     return 0
 
 
@@ -233,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.add_argument("--format", choices=["torchscript", "pt2", "onnx"], default="torchscript")
     x.add_argument("--config", help="config for checkpoints that carry none")
-    x.add_argument("--height", type=int, default=512, help="example input height (rounded up to 128)")
-    x.add_argument("--width", type=int, default=512, help="example input width (rounded up to 128)")
+    x.add_argument("--height", type=int, default=512, help="example input height (any size; the file pads inside)")
+    x.add_argument("--width", type=int, default=512, help="example input width")
     x.add_argument("--static", action="store_true", help="pt2/onnx: fix the input to --height x --width, "
                    "batch 1 (faster export)")
     x.add_argument("--no-check", action="store_true", help="skip comparing the exported model with the "
@@ -284,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.debug:
         return args.fn(args)
     from retinanet.config import ConfigError
-    from retinanet.training.checkpoint import CheckpointError
+    from retinanet.utils.serialization import CheckpointError
     from retinanet.utils.distributed import RankFailed
     from retinanet.training.trainer import TrainingDiverged
     try:

@@ -3,21 +3,16 @@
 Item contract: ``(image float32 [3, H, W] RGB 0-1, target)`` with ``target["boxes"]`` float32
 ``[n, 4]`` xyxy pixels of the current image, ``labels`` int64 ``[n]`` in ``0..K-1``, ``image_id``,
 ``orig_size`` ``(h, w)`` of the file, ``size`` ``(h, w)`` now (see :mod:`retinanet.data.coco`).
-Batches: :func:`collate` -> :class:`Batch` ``(images [B, 3, Hp, Wp] normalized + padded, targets,
-image_sizes)``. Bad data raises :class:`DataError` (a ``ValueError``) naming the file.
+Batches: :func:`collate` -> :class:`Batch` ``(images: list of [3, h, w], targets)``; the model
+normalizes and pads. Bad data raises :class:`DataError` (a ``ValueError``) naming the file.
 
-Modules: ``image_io`` (load_image), ``coco``, ``voc``, ``transforms``, ``collate`` (batching), ``errors``; ``synth`` (synthetic scenes) and ``build`` (datasets from a config)
-are imported from their modules directly.
+Modules: ``image_io`` (load_image), ``dataset`` (the base class), ``coco``, ``voc``, ``transforms``,
+``collate``, ``sampler``, ``errors``; ``build`` (datasets and loaders from a config).
 """
 
-from retinanet.data.coco import CocoDetection, DetectionDataset, ImageInfo, sanitize_boxes
-from retinanet.data.collate import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Batch,
-    collate,
-    normalize,
-)
+from retinanet.data.coco import CocoDetection
+from retinanet.data.dataset import DetectionDataset, ImageInfo, sanitize_boxes
+from retinanet.data.collate import Batch, collate
 from retinanet.data.errors import DataError
 from retinanet.data.image_io import get_max_image_pixels, load_image, set_max_image_pixels
 from retinanet.data.transforms import (
@@ -27,7 +22,6 @@ from retinanet.data.transforms import (
     ToTensor,
     build_transforms,
     get_output_size,
-    map_boxes_to_original,
     to_tensor,
 )
 from retinanet.data.voc import VOC_CLASSES, VOCDetection
@@ -50,10 +44,6 @@ __all__ = [
     "to_tensor",
     "get_output_size",
     "build_transforms",
-    "map_boxes_to_original",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "Batch",
     "collate",
-    "normalize",
 ]

@@ -8,7 +8,6 @@ and batches it with the same collate as training.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
@@ -72,4 +71,4 @@ def build_eval_loader(dataset: Dataset, cfg: Config, rank: int = 0, world_size: 
     return DataLoader(dataset, batch_size=cfg.data.test_batch_size,
                       sampler=_Shard(len(dataset), rank, world_size),  # type: ignore[arg-type]
                       num_workers=cfg.data.num_workers,
-                      collate_fn=functools.partial(collate, size_divisibility=cfg.data.size_divisibility))
+                      collate_fn=collate)

@@ -7,13 +7,11 @@ Both use bilinear interpolation with half-pixel centres, antialiased when downsc
 ``target`` is a dict; the keys used here:
 
 - ``boxes``: float32 ``[n, 4]`` xyxy pixels of the current image (absent is fine);
-- ``orig_size``: ``(h, w)`` of the file (set by the datasets; defaults to the current size);
-- ``size``: ``(h, w)`` of the current image (updated by resizing);
-- ``scale``: ``(sy, sx)`` = current size / ``orig_size`` (so boxes_now = boxes_file * scale);
-- ``flipped``: ``True`` after an odd number of horizontal flips.
+- ``orig_size``: ``(h, w)`` of the file (set by the datasets);
+- ``size``: ``(h, w)`` of the current image (updated by resizing).
 
-:func:`map_boxes_to_original` undoes resize (and flip) for predictions. Transforms return a new
-target dict (the input one is not modified).
+Transforms return a new target dict (the input one is not modified). The model maps its detections
+back to ``orig_size`` (``output_sizes=`` of :class:`~retinanet.modeling.retinanet.RetinaNet`).
 
 Randomness: random transforms draw from their own ``torch.Generator`` when given one (``generator=``
 or ``seed=``), else from torch's global CPU generator. :class:`retinanet.data.sampler.SeededDataset`
@@ -38,7 +36,6 @@ __all__ = [
     "to_tensor",
     "get_output_size",
     "build_transforms",
-    "map_boxes_to_original",
 ]
 
 ImageLike = Union[np.ndarray, torch.Tensor]
@@ -157,9 +154,7 @@ class ResizeShortestSide:
             b[:, 0::2].clamp_(0, new_w)
             b[:, 1::2].clamp_(0, new_h)
             target["boxes"] = b
-        orig_h, orig_w = target.get("orig_size", (h, w))
         target["size"] = (new_h, new_w)
-        target["scale"] = (new_h / orig_h, new_w / orig_w)
         return image, target
 
     def __repr__(self) -> str:
@@ -189,7 +184,6 @@ class RandomHorizontalFlip:
             b[:, 0] = w - boxes[:, 2]
             b[:, 2] = w - boxes[:, 0]
             target["boxes"] = b
-        target["flipped"] = not target.get("flipped", False)
         return image, target
 
     def __repr__(self) -> str:
@@ -241,29 +235,3 @@ def build_transforms(
             raise ValueError(f"build_transforms(train=False): one test size expected, got min_size={sizes}")
         min_size = sizes[0]
     return Compose([ResizeShortestSide(min_size, max_size), ToTensor()])
-
-
-def map_boxes_to_original(boxes: torch.Tensor, target: Target) -> torch.Tensor:
-    """Boxes ``[..., 4]`` xyxy on the transformed image -> pixels of the file, clipped to ``orig_size``.
-
-    Undoes the resize (per-axis factors ``orig / size``) and a horizontal flip if ``target["flipped"]``.
-    Returns a new tensor: float32, or float64 if the input is float64.
-    """
-    if boxes.shape[-1] != 4:
-        raise ValueError(f"map_boxes_to_original: boxes must be [..., 4], got {tuple(boxes.shape)}")
-    if "orig_size" not in target:
-        raise KeyError("map_boxes_to_original: target has no 'orig_size'")
-    orig_h, orig_w = (int(v) for v in target["orig_size"])
-    h, w = (int(v) for v in target.get("size", (orig_h, orig_w)))
-    b = boxes if boxes.is_floating_point() else boxes.to(torch.float32)
-    if target.get("flipped", False):
-        b = torch.stack((w - b[..., 2], b[..., 1], w - b[..., 0], b[..., 3]), dim=-1)
-    if b.dtype in (torch.float16, torch.bfloat16):
-        b = b.to(torch.float32)
-    fx, fy = orig_w / w, orig_h / h
-    work = torch.float64 if b.device.type == "cpu" else torch.float32  # float64: exact on CPU
-    factors = torch.tensor([fx, fy, fx, fy], dtype=work, device=b.device)
-    out = (b.to(work) * factors).to(b.dtype)
-    out[..., 0::2] = out[..., 0::2].clamp(0, orig_w)
-    out[..., 1::2] = out[..., 1::2].clamp(0, orig_h)
-    return out

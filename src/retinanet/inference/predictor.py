@@ -10,8 +10,7 @@ example a torchvision-format RetinaNet file) pass ``config=`` a YAML file or pre
 Inputs of :meth:`Predictor.predict` / :meth:`Predictor.predict_many`: image paths (any format
 :func:`retinanet.data.load_image` reads) or RGB ``uint8`` arrays ``[H, W, 3]``. Each image is resized
 like the evaluation images (shorter side ``data.test_min_size``, longer side at most
-``data.max_size``), normalized and padded; the boxes that come back are mapped to the pixels of the
-input (:func:`retinanet.data.transforms.map_boxes_to_original`).
+``data.max_size``); the model normalizes, pads and maps the boxes back to the pixels of the input.
 
 :func:`find_images` expands the command line's inputs: image files, folders (recursively, sorted) and
 list files (``.txt``: one image path per line; blank lines and lines starting with ``#`` are skipped;
@@ -24,7 +23,6 @@ names, category ids), shared with :mod:`retinanet.export.exporter`.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -36,10 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 from retinanet.config import Config, ConfigError, config_from_dict, load_config, validate
 from retinanet.data.collate import collate
 from retinanet.data.image_io import load_image
-from retinanet.data.transforms import build_transforms, map_boxes_to_original
+from retinanet.data.transforms import build_transforms
 from retinanet.modeling.retinanet import RetinaNet
-from retinanet.training.checkpoint import load_checkpoint, load_model_state
-from retinanet.training.trainer import resolve_device
+from retinanet.modeling.state_dict import load_model_state
+from retinanet.utils.device import resolve_device
+from retinanet.utils.serialization import load_file
 
 __all__ = ["Predictor", "LoadedDetector", "load_detector", "find_images", "IMAGE_EXTENSIONS"]
 
@@ -123,10 +122,10 @@ def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]
     The config is ``config`` (a :class:`Config`, YAML file or preset) when given, else the one stored
     in the checkpoint (with ``overrides``). ``score_thresh`` replaces ``model.score_thresh`` and is
     validated like it (``ConfigError`` outside [0, 1]). Errors: ``FileNotFoundError``,
-    :class:`~retinanet.training.checkpoint.CheckpointError` (truncated, unsafe, wrong architecture),
+    :class:`~retinanet.utils.serialization.CheckpointError` (truncated, unsafe, wrong architecture),
     :class:`~retinanet.config.ConfigError`.
     """
-    state = load_checkpoint(weights)
+    state = load_file(weights)
     model_state = state.get("model", state)
     if isinstance(config, Config):
         cfg = config
@@ -150,9 +149,8 @@ def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]
             validate(cfg)
         except ConfigError as e:
             raise ConfigError(f"score threshold {score_thresh}: {e}") from None
-    cfg.model.backbone.weights = None  # the checkpoint has every weight
     dev = resolve_device(device)
-    model = RetinaNet(cfg.model).to(dev).eval()
+    model = RetinaNet.from_config(cfg).to(dev).eval()
     load_model_state(model, model_state)
     k = cfg.model.num_classes
     names = state.get("class_names")
@@ -176,8 +174,7 @@ class Predictor:
         self.cfg = det.cfg
         self.device = det.device
         self.model = det.model
-        # what predict runs: a copy with BN folded and conv + bias + ReLU fused (same detections up to
-        # float rounding, faster on CPU); self.model stays the checkpoint's model (state dict, export)
+        # predict runs a BN-folded copy (same detections up to float rounding, faster on CPU)
         self.inference_model = self.model.fuse_for_inference()
         self.class_names: list[str] = det.class_names
         self.label_to_category_id: list[int] = det.label_to_category_id
@@ -194,7 +191,7 @@ class Predictor:
         """Yield one detection dict per input, in input order."""
         items = list(images)
         loader = DataLoader(_Images(items, self.transforms), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=functools.partial(collate, size_divisibility=self.cfg.data.size_divisibility))
+                            collate_fn=collate)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -202,11 +199,11 @@ class Predictor:
         try:
             with torch.inference_mode():
                 for batch in loader:
-                    outs = self.inference_model(batch.images.to(self.device), image_sizes=batch.image_sizes)
+                    images = [im.to(self.device) for im in batch.images]
+                    outs = self.inference_model(images, output_sizes=[t["orig_size"] for t in batch.targets])
                     for t, det in zip(batch.targets, outs):
-                        boxes = map_boxes_to_original(det["boxes"].float().cpu(), t)
                         labels = det["labels"].cpu()
-                        yield {"boxes": boxes, "scores": det["scores"].float().cpu(), "labels": labels,
+                        yield {"boxes": det["boxes"].float().cpu(), "scores": det["scores"].float().cpu(), "labels": labels,
                                "names": [self.class_names[i] for i in labels.tolist()],
                                "image_index": int(t["image_id"])}
                     if bar is not None:

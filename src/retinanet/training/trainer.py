@@ -13,8 +13,9 @@ run stopped at iteration N and resumed reproduces the uninterrupted run bit for 
 Rank 0 alone writes ``metrics.jsonl``, ``config.yaml``, checkpoints (atomically: temporary file, then
 rename), the loss/lr plot and, when ``train.tensorboard`` is on and ``torch.utils.tensorboard`` imports,
 the same scalars as TensorBoard events under ``<output_dir>/tensorboard`` (silently skipped when
-TensorBoard is not installed). The output folder is checked for writability before anything else, so
-an unwritable one fails at once (:class:`OutputDirError`) without touching files already there.
+TensorBoard, the ``tensorboard`` extra, is not installed). The output folder is checked for writability first, so
+an unwritable one fails at once (:class:`~retinanet.training.output.OutputDirError`) without touching
+files already there.
 
 Faults:
 
@@ -42,12 +43,8 @@ the new number, and the learning-rate schedule follows it (``retinanet demo``'s 
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
-import os
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -55,20 +52,27 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import yaml
 from torch import nn
 
-from retinanet.config import Config, ConfigError, config_to_dict
+from retinanet.config import Config, config_to_dict
 from retinanet.data.build import build_dataset, build_eval_loader
 from retinanet.data.collate import collate
 from retinanet.data.sampler import SeededDataset, TrainBatchSampler
-from retinanet.modeling.retinanet import RetinaNet
-from retinanet.utils import distributed as du
-from retinanet.training.checkpoint import (LAST_CHECKPOINT_FILE, atomic_write, get_rng_state, latest_checkpoint,
-                         load_checkpoint, load_model_state, save_checkpoint, set_rng_state)
+from retinanet.modeling.build import build_model
+from retinanet.modeling.state_dict import load_model_state
+from retinanet.utils import distributed
+from retinanet.utils.device import resolve_device
+from retinanet.utils.serialization import load_file
+from retinanet.training.normalizer import LossNormalizer
+from retinanet.training.checkpoint import latest_checkpoint, remove_stale_temporaries, save_checkpoint
+from retinanet.training.metrics import MetricsLog
+from retinanet.training.output import prepare_output_dir
+from retinanet.training.rng import get_rng_state, set_rng_state
+from retinanet.training.schedule import lr_at
+from retinanet.training.signals import StopRequest, ignore_sigint, install_stop_handlers, restore_handlers
 from retinanet.inference.loop import evaluate
 
-__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "OutputDirError", "lr_at", "resolve_device"]
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged"]
 
 log = logging.getLogger("retinanet.train")
 
@@ -77,54 +81,8 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
 
 
-class OutputDirError(ConfigError):
-    """``train.output_dir`` cannot be created or written."""
-
-
-def lr_at(iteration: int, base_lr: float, max_iter: int, warmup_iters: int, warmup_factor: float,
-          steps: tuple[float, ...], gamma: float, schedule: str = "step") -> float:
-    """Learning rate at ``iteration``: linear warmup, then ``"step"`` decay (times ``gamma`` at each
-    fraction of ``max_iter`` in ``steps``, the paper's) or ``"cosine"`` decay from ``base_lr`` to 0 at
-    ``max_iter`` (half a cosine period over the whole run, warmup included)."""
-    factor = 1.0
-    if iteration < warmup_iters:
-        alpha = iteration / warmup_iters
-        factor = warmup_factor * (1 - alpha) + alpha
-    if schedule == "cosine":
-        return base_lr * factor * 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iter) / max(max_iter, 1)))
-    milestones = [round(s * max_iter) for s in steps]
-    n = sum(1 for m in milestones if iteration >= m)
-    return base_lr * factor * gamma ** n
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            return torch.device("cuda", local)
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process under torchrun
-    return dev
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C is the main process's business (it finishes the step and
-    writes a checkpoint); a worker killed by it would make the main process fail on its next batch."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _finite_or_none(v: float) -> Optional[float]:
     return round(v, 6) if math.isfinite(v) else None  # JSON has no NaN / Infinity
-
-
-@dataclass
-class _Stop:
-    requested: bool = False
-    signum: int = 0
 
 
 @dataclass
@@ -153,15 +111,15 @@ class Trainer:
         self.progress = progress
         self.hooks = hooks or []
         self.device = resolve_device(cfg.train.device)
-        self.distributed = du.init_distributed(self.device)
-        self.rank, self.world = du.rank(), du.world_size()
+        self.distributed = distributed.init_distributed(self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         self.out = Path(cfg.train.output_dir)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         self.iteration = 0
         self.skipped_steps = 0
-        self._stop = _Stop()
-        self._tb = None
+        self._stop = StopRequest()
+        self._metrics: Optional[MetricsLog] = None
 
     def request_stop(self) -> None:
         """End training after the current iteration, with a checkpoint (what Ctrl-C does)."""
@@ -187,7 +145,8 @@ class Trainer:
         if len(self.train_set) == 0:
             raise ValueError("the training dataset has no images")
         self.val_set = build_dataset(cfg, train=False) if self._has_val() else None
-        self.model = RetinaNet(cfg.model).to(self.device)
+        self.model = build_model(cfg).to(self.device)
+        self.normalizer = LossNormalizer(cfg.model.loss_normalizer, cfg.model.normalizer_momentum)
         params = self._param_groups()
         if cfg.solver.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -221,13 +180,12 @@ class Trainer:
                                     start_iter=start_iter, max_iter=self.max_iter, rank=self.rank,
                                     world_size=self.world)
         self.batches_per_epoch = sampler.batches_per_epoch
-        div = cfg.data.size_divisibility
         workers = cfg.data.num_workers
         return torch.utils.data.DataLoader(
             SeededDataset(self.train_set, cfg.train.seed), batch_sampler=sampler,
-            num_workers=workers, collate_fn=functools.partial(collate, size_divisibility=div),
+            num_workers=workers, collate_fn=collate,
             persistent_workers=False, pin_memory=self.device.type == "cuda",
-            worker_init_fn=_ignore_sigint if workers > 0 else None,
+            worker_init_fn=ignore_sigint if workers > 0 else None,
             prefetch_factor=2 if workers > 0 else None)
 
     # ------------------------------------------------------------------------------------------
@@ -237,7 +195,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "iteration": self.iteration,
-            "fg_ema": float(self.model.fg_ema.item()),
+            "fg_ema": self.normalizer.fg_ema,
             "rng": get_rng_state(),
             "config": config_to_dict(self.cfg),
             "class_names": list(getattr(self.train_set, "class_names", [])),
@@ -249,7 +207,7 @@ class Trainer:
     def save(self, name: Optional[str] = None) -> Optional[Path]:
         """Write a checkpoint (rank 0; a collective: every rank calls it) and return its path."""
         path, error = None, None
-        if du.is_main():
+        if distributed.is_main():
             path = self.out / (name or f"model_{self.iteration:07d}.pth")
             try:
                 save_checkpoint(path, self.state_dict(), keep_last=self.cfg.train.keep_checkpoints
@@ -257,145 +215,47 @@ class Trainer:
                 log.info("saved checkpoint %s", path)
             except Exception as e:  # disk full, permissions: every rank must learn of it
                 error = e
-        du.raise_if_any_failed(error)
+        distributed.raise_if_any_failed(error)
         return path
 
     # ------------------------------------------------------------------------------------------
-    def _prepare_output_dir(self) -> None:
-        """Create ``output_dir`` and write ``config.yaml`` atomically (rank 0): the writability check
-        that makes an unusable folder fail at once, before any training."""
-        error = None
-        if du.is_main():
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-                text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False).encode()
-                atomic_write(self.out / "config.yaml", lambda f: f.write(text))
-            except OSError as e:
-                error = OutputDirError(f"train.output_dir: cannot write to {self.out}: {e.strerror or e}; "
-                                       "choose a writable folder (train.output_dir=... or --output-dir)")
-        du.raise_if_any_failed(error)
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete temporary files of checkpoint writes that a killed process left behind."""
-        for p in list(self.out.glob(".model_*.tmp")) + list(self.out.glob(f".{LAST_CHECKPOINT_FILE}.*.tmp")):
-            parts = p.name.split(".")
-            try:
-                pid = int(parts[-3])
-            except (ValueError, IndexError):
-                continue
-            if pid == os.getpid():
-                continue
-            try:
-                os.kill(pid, 0)
-                continue  # that process is alive (another writer): leave its file alone
-            except ProcessLookupError:
-                pass
-            except OSError:
-                continue
-            try:
-                p.unlink()
-                log.info("removed %s, left by an interrupted checkpoint write", p.name)
-            except OSError:
-                pass
-
-    def _truncate_metrics(self, metrics_path: Path, start: int) -> None:
-        """On resume: drop rows of iterations after ``start`` (they are about to be redone) and a
-        partial last line left by a kill, so the log has each iteration once."""
-        if not metrics_path.is_file():
-            return
-        lines = metrics_path.read_text().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("iter"), int) and row["iter"] > start:
-                continue
-            kept.append(line)
-        if len(kept) != len(lines):
-            data = "".join(x + "\n" for x in kept).encode()
-            atomic_write(metrics_path, lambda f: f.write(data))
-            log.info("metrics.jsonl: dropped %d rows after iteration %d", len(lines) - len(kept), start)
-
-    def _open_tensorboard(self):
-        if not (getattr(self.cfg.train, "tensorboard", False) and du.is_main()):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard not installed (ImportError) or broken: never fatal
-            log.debug("TensorBoard is not available; metrics go to metrics.jsonl only")
-            return None
-        try:
-            return SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=self.iteration + 1)
-        except Exception as e:
-            log.warning("could not open a TensorBoard writer: %s", e)
-            return None
-
-    def _log_row(self, metrics_path: Path, row: dict[str, Any], prefix: str = "train/") -> None:
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            try:
-                for k, v in row.items():
-                    if k != "iter" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                        self._tb.add_scalar(k if "/" in k else prefix + k, v, row["iter"])
-                self._tb.flush()
-            except Exception as e:  # a logger must never cost a run
-                log.warning("TensorBoard logging failed, disabled: %s", e)
-                self._tb = None
-
     def _load(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        state = load_file(path)
         load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
-        self.model.fg_ema.fill_(float(state.get("fg_ema", 100.0)))
+        self.normalizer.load(float(state.get("fg_ema", self.normalizer.initial)))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if state.get("rng"):
             set_rng_state(state["rng"])
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
     # ------------------------------------------------------------------------------------------
-    def _install_signal_handlers(self):
-        previous = {}
-
-        def handler(signum, frame):
-            if self._stop.requested:  # second Ctrl-C: give up at once
-                raise KeyboardInterrupt
-            self._stop.requested, self._stop.signum = True, signum
-            log.warning("stop requested (signal %d): finishing this step and writing a checkpoint", signum)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return previous
-
     def train(self) -> TrainResult:
         cfg = self.cfg
-        self._prepare_output_dir()
+        prepare_output_dir(self.out, cfg)
         self._build()
         metrics_path = self.out / "metrics.jsonl"
+        self._metrics = MetricsLog(metrics_path)
         if self.resume:
             ckpt = latest_checkpoint(self.out)
             if ckpt is None:
                 log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
             else:
                 self._load(ckpt)
-            if du.is_main():
-                self._remove_stale_temporaries()
-                self._truncate_metrics(metrics_path, self.iteration)
-        elif du.is_main() and latest_checkpoint(self.out) is not None:
+            if distributed.is_main():
+                remove_stale_temporaries(self.out)
+                self._metrics.drop_rows_after(self.iteration)
+        elif distributed.is_main() and latest_checkpoint(self.out) is not None:
             log.warning("%s already holds checkpoints (newest: %s); this run starts from scratch and appends "
                         "to its metrics.jsonl. Use --resume to continue that run, or another train.output_dir",
                         self.out, latest_checkpoint(self.out).name)
         start = self.iteration
-        previous_handlers = self._install_signal_handlers()
-        self._tb = self._open_tensorboard()
+        previous_handlers = install_stop_handlers(self._stop)
+        if cfg.train.tensorboard and distributed.is_main():
+            self._metrics.open_tensorboard(self.out / "tensorboard", purge_step=self.iteration + 1)
         bar = None
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.solver.amp)
         self.model.train()
@@ -403,7 +263,7 @@ class Trainer:
         t_last, data_t0 = time.perf_counter(), time.perf_counter()
         try:
             loader = self._loader(start)
-            if self.progress and du.is_main():
+            if self.progress and distributed.is_main():
                 from tqdm import tqdm
                 bar = tqdm(total=self.max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True)
             for batch in loader:
@@ -418,8 +278,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-                if du.is_main() and (it % cfg.train.log_period == 0 or it == self.max_iter or it == start + 1
-                                     or "skipped" in losses):
+                if distributed.is_main() and (it % cfg.train.log_period == 0 or it == self.max_iter
+                                              or it == start + 1 or "skipped" in losses):
                     now = time.perf_counter()
                     row = {"iter": it, **{k: _finite_or_none(v) for k, v in losses.items()}, "lr": lr,
                            "data_time": round(data_time, 4), "time": round(now - t_last, 4),
@@ -427,7 +287,7 @@ class Trainer:
                     if self.skipped_steps:
                         row["skipped_steps"] = self.skipped_steps
                     t_last = now
-                    self._log_row(metrics_path, row)
+                    self._metrics.write(row)
                 for hook in self.hooks:
                     hook(self)
                 if it >= self.max_iter:  # a hook lowered max_iter (e.g. a time budget): this was the last step
@@ -439,21 +299,20 @@ class Trainer:
                     self.save()
                 if self.val_set is not None and cfg.train.eval_period and it % cfg.train.eval_period == 0 \
                         and it < self.max_iter:
-                    self._evaluate(metrics_path)
+                    self._evaluate()
                 # a signal may reach only some processes: all stop at the same step, reporting the signal
-                stop = du.max_over_ranks(self._stop.signum + 1 if self._stop.requested else 0)
+                stop = distributed.max_over_ranks(self._stop.signum + 1 if self._stop.requested else 0)
                 if stop:
                     self._stop.requested, self._stop.signum = True, stop - 1
                     break
                 data_t0 = time.perf_counter()
         except BaseException:
-            self._close_tensorboard()
+            self._metrics.close()
             raise
         finally:
             if bar is not None:
                 bar.close()
-            for sig, h in previous_handlers.items():
-                signal.signal(sig, h)
+            restore_handlers(previous_handlers)
             # training is over: the DDP wrapper (which holds the process group) is no longer needed;
             # dropping it here frees it before the caller leaves the group (distributed.cleanup)
             self.ddp_model = self.model
@@ -466,36 +325,30 @@ class Trainer:
             else:
                 final = self.save("model_final.pth")
                 if self.val_set is not None:
-                    final_metrics = self._evaluate(metrics_path)
-                if du.is_main():
+                    final_metrics = self._evaluate()
+                if distributed.is_main():
                     self._plot(metrics_path)
         finally:
-            self._close_tensorboard()
+            self._metrics.close()
         if self.skipped_steps:
             log.warning("%d non-finite steps were skipped (solver.skip_nonfinite)", self.skipped_steps)
         return TrainResult(self.iteration, self.out, final, final_metrics, stopped_early=stopped,
                            signal=self._stop.signum, skipped_steps=self.skipped_steps)
 
-    def _close_tensorboard(self) -> None:
-        if self._tb is not None:
-            try:
-                self._tb.close()
-            except Exception:
-                pass
-            self._tb = None
-
     # ------------------------------------------------------------------------------------------
     def _step(self, batch, amp_dtype) -> dict[str, float]:
-        images = batch.images.to(self.device, non_blocking=True)
+        images = [im.to(self.device, non_blocking=True) for im in batch.images]
         targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
                    for t in batch.targets]
         ctx = torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         with ctx:
             out = self.ddp_model(images, targets)
-        loss = out["loss_cls"].float() + out["loss_box"].float()
-        stats = torch.stack([loss.detach(), out["loss_cls"].detach().float(), out["loss_box"].detach().float(),
+            normalizer = self.normalizer(out["num_fg"])
+            loss_cls, loss_box = out["loss_cls"] / normalizer, out["loss_box"] / normalizer
+        loss = loss_cls.float() + loss_box.float()
+        stats = torch.stack([loss.detach(), loss_cls.detach().float(), loss_box.detach().float(),
                              out["num_fg"].float()])
-        stats = du.all_reduce_mean(stats)
+        stats = distributed.all_reduce_mean(stats)
         values = dict(zip(("loss", "loss_cls", "loss_box", "num_fg"), stats.tolist()))
         values["num_fg"] *= self.world  # foreground anchors of the whole global batch
         if not math.isfinite(values["loss"]):
@@ -537,23 +390,22 @@ class Trainer:
             return values
         raise TrainingDiverged(msg)
 
-    def _evaluate(self, metrics_path: Path) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, float]:
         assert self.val_set is not None
         loader = build_eval_loader(self.val_set, self.cfg, rank=self.rank, world_size=self.world)
         results_path = self.out / f"detections_{self.iteration:07d}.json"
-        metrics = evaluate(self.model, loader, self.val_set, self.device, results_path=results_path,
-                           progress=self.progress)
-        self.model.train()
-        if du.is_main() and metrics:
+        metrics = evaluate(self.model.fuse_for_inference(), loader, self.val_set, self.device,
+                           results_path=results_path, progress=self.progress)
+        if distributed.is_main() and metrics:
             row = {"iter": self.iteration, **{f"bbox/{k}": v for k, v in metrics.items()}}
-            self._log_row(metrics_path, row)
+            self._metrics.write(row)
             log.info("iteration %d: AP %.4f AP50 %.4f AP75 %.4f", self.iteration, metrics.get("AP", -1),
                      metrics.get("AP50", -1), metrics.get("AP75", -1))
         return metrics
 
     def _plot(self, metrics_path: Path) -> None:
         try:
-            from retinanet.viz.draw import plot_training_curves
+            from retinanet.viz.plots import plot_training_curves
             plot_training_curves(metrics_path, self.out / "training_curves.png")
         except Exception as e:  # a plot must never cost a finished run
             log.warning("could not draw the training curves: %s", e)
