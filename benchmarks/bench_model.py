@@ -4,29 +4,33 @@ post-processing worst case and a training step (times and peak RSS).
     python benchmarks/bench_model.py --malloc keep --out model_keep.json
     python benchmarks/bench_model.py --sections roofline,infer --sizes 512x512 --runs 3
 
-Model: ``RetinaNet(ModelConfig(num_classes=80))``, ResNet-50 + FPN P3..P7, random init (backbone
-``weights=None``; FrozenBatchNorm2d with its identity statistics), the config defaults otherwise
-(channels_last, freeze_at 2, score_thresh 0.05, top-k 1000 per level, 100 detections). Inputs are
-``torch.rand`` images of exactly the size asked, padded to a multiple of 32 (800x1333 -> 800x1344,
-as the torchvision peer does), with ``image_sizes`` the unpadded size. 2 threads, 1 interop thread.
+Model: ``RetinaNet.from_config(cfg)`` with ``cfg.model.num_classes=80``, ResNet-50 + FPN P3..P7, random
+init (backbone ``weights=None``; FrozenBatchNorm2d with its identity statistics), the config defaults
+otherwise (channels_last, freeze_at 2, score_thresh 0.05, top-k 1000 per level, 100 detections) and
+``data.size_divisibility=32``. Inputs are raw ``torch.rand`` RGB images of exactly the size asked; the
+model normalizes them and pads them to a multiple of 32 (800x1333 -> 800x1344, as the torchvision peer
+does), and clips boxes to the unpadded size. 2 threads, 1 interop thread.
 
 Sections (``--sections``, comma separated; all by default):
 
-roofline  a plain ``F.conv2d`` 3x3 256->256 on 1x256x100x100 (NCHW and channels_last) and the same
-          conv through oneDNN with a pre-packed weight (what the fused model runs); median GFLOP/s.
-          It is measured at the start and again at the end of the run; the roofline used for the
-          ratios is the best median of the plain conv over both layouts and both times.
+roofline  a plain ``F.conv2d`` 3x3 256->256 on 1x256x100x100 (NCHW and channels_last); median
+          GFLOP/s. It is measured at the start and again at the end of the run; the roofline used
+          for the ratios is the best median over both layouts and both times.
 infer     per size, the unfused model and ``model.fuse_for_inference()`` under ``torch.inference_mode``:
-          network (input layout + backbone + FPN + head) and post-processing (anchors + top-k +
-          decode + NMS) timed separately within each forward, plus the plain ``model(images)``
-          call; FLOPs of the network by ``torch.utils.flop_counter.FlopCounterMode`` (conv only, 2 per
-          MAC); peak RSS (VmHWM reset before the timed runs).
-post      post-processing alone on the fused model's head outputs: at the default score threshold and
-          in the worst case (score_thresh 0: all 5 x 1000 top-k candidates over 80 classes reach NMS),
-          with the time inside batched_nms and the number of boxes / classes that reach it.
-train     in a fresh subprocess: SGD step (lr 0.01, momentum 0.9, wd 1e-4) on 2 images of 512x512 with 5
-          random boxes each: forward+loss (of which matching + losses), backward, optimizer step;
-          FLOPs of forward+backward; peak RSS of the process (ru_maxrss) and of the steps (VmHWM).
+          preprocess (normalize + pad, ``model.preprocess``), network (input layout + backbone + FPN +
+          head) and post-processing (anchors + ``model.postprocessor``: top-k + decode + NMS) timed
+          separately within each forward (``total`` = network + post, as before the model normalized
+          its input), plus the plain ``model(images)`` call (all three); FLOPs of the network by
+          ``torch.utils.flop_counter.FlopCounterMode`` (conv only, 2 per MAC); peak RSS (VmHWM reset
+          before the timed runs).
+post      ``model.postprocessor`` alone on the fused model's head outputs (of a ``torch.rand`` batch
+          of the padded size fed to the network directly): at the default score threshold and in
+          the worst case (score_thresh 0: all 5 x 1000 top-k candidates over 80 classes reach NMS),
+          with the time inside its NMS and the number of boxes / classes that reach it.
+train     in a fresh subprocess: SGD step (lr 0.01, momentum 0.9, wd 1e-4) on 2 raw images of 512x512
+          with 5 random boxes each: forward (normalization included) + loss divided by the trainer's
+          ``LossNormalizer`` (of which matching + losses), backward, optimizer step; FLOPs of
+          forward+backward; peak RSS of the process (ru_maxrss) and of the steps (VmHWM).
 """
 
 from __future__ import annotations
@@ -54,16 +58,19 @@ SECTIONS = ("roofline", "infer", "post", "train")
 
 
 # ---------------------------------------------------------------------------------------------- model
-def build(num_classes: int = 80, score_thresh: Optional[float] = None):
-    from retinanet.config import ModelConfig
+SIZE_DIVISIBILITY = 32
+
+
+def build(num_classes: int = 80):
+    from retinanet.config import Config
     from retinanet.modeling.retinanet import RetinaNet
 
-    cfg = ModelConfig(num_classes=num_classes)
-    cfg.backbone.weights = None
-    if score_thresh is not None:
-        cfg.score_thresh = score_thresh
+    cfg = Config()
+    cfg.model.num_classes = num_classes
+    cfg.model.backbone.weights = None
+    cfg.data.size_divisibility = SIZE_DIVISIBILITY
     torch.manual_seed(0)
-    return RetinaNet(cfg)
+    return RetinaNet.from_config(cfg)
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -71,23 +78,27 @@ def parse_size(s: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def padded(h: int, w: int, div: int = 32) -> tuple[int, int]:
+def padded(h: int, w: int, div: int = SIZE_DIVISIBILITY) -> tuple[int, int]:
     return math.ceil(h / div) * div, math.ceil(w / div) * div
 
 
-def network(model, images):
-    """The model's forward up to the head outputs (as RetinaNet.forward runs it)."""
-    if model.cfg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    feats = model.backbone(images)
+def network(model, x):
+    """The model's forward from the normalized, padded batch ``x`` to the head outputs (as
+    RetinaNet.forward runs it)."""
+    if model.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    feats = model.backbone(x)
     cls, box = model.head(feats)
     return feats, cls, box
 
 
-def postprocess(model, feats, cls, box, image_sizes):
+def level_sizes(model, feats) -> list[int]:
+    return [f.shape[-2] * f.shape[-1] * model.anchor_generator.num_anchors for f in feats]
+
+
+def postprocess(model, feats, cls, box, image_sizes: torch.Tensor):
     anchors = model.anchors_for(feats)
-    level_sizes = [f.shape[-2] * f.shape[-1] * model.anchor_generator.num_anchors for f in feats]
-    return model.postprocess(cls, box, anchors, level_sizes, image_sizes)
+    return model.postprocessor(cls, box, anchors, level_sizes(model, feats), image_sizes)
 
 
 def count_flops(fn) -> int:
@@ -110,27 +121,12 @@ def roofline(runs: int, warmup: int) -> dict:
             s = summarize(time_fn(lambda: F.conv2d(xx, ww, b, padding=1), runs, warmup))
             out[name] = {**s, "gflops_median": round(flops / s["median_ms"] / 1e6, 1),
                          "gflops_best": round(flops / s["min_ms"] / 1e6, 1)}
-        try:
-            from retinanet.modeling.fuse import mkldnn_fusion_available
-
-            if mkldnn_fusion_available():
-                xx = x.contiguous(memory_format=torch.channels_last)
-                pw = torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, list(xx.shape))
-                s = summarize(time_fn(lambda: torch.ops.mkldnn._convolution_pointwise(
-                    xx, pw, b, [1, 1], [1, 1], [1, 1], 1, "none", [], ""), runs, warmup))
-                out["onednn_packed"] = {**s, "gflops_median": round(flops / s["median_ms"] / 1e6, 1),
-                                        "gflops_best": round(flops / s["min_ms"] / 1e6, 1)}
-        except Exception as e:  # noqa: BLE001
-            out["onednn_packed_error"] = repr(e)
     out["plain_best_gflops_median"] = max(out["nchw"]["gflops_median"], out["channels_last"]["gflops_median"])
     return out
 
 
 def combine_roofline(parts: list[dict]) -> dict:
-    plain = max(p["plain_best_gflops_median"] for p in parts)
-    packed = [p["onednn_packed"]["gflops_median"] for p in parts if "onednn_packed" in p]
-    return {"roofline_gflops": plain, "onednn_packed_gflops": max(packed) if packed else None,
-            "runs": parts}
+    return {"roofline_gflops": max(p["plain_best_gflops_median"] for p in parts), "runs": parts}
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -138,37 +134,43 @@ def bench_infer(size: tuple[int, int], runs: int, warmup: int) -> dict:
     h, w = size
     ph, pw = padded(h, w)
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(1, 3, ph, pw, generator=g)
-    image_sizes = [(h, w)]
+    images = torch.rand(1, 3, h, w, generator=g)  # raw RGB 0-1, unpadded
+    image_sizes = torch.tensor([[h, w]], dtype=torch.int64)
     base = build().eval()
     with torch.inference_mode():
-        flops = count_flops(lambda: network(base, images))
+        batch, _ = base.preprocess(images)
+        assert tuple(batch.shape[-2:]) == (ph, pw)
+        flops = count_flops(lambda: network(base, batch))
     res: dict = {"input": f"{h}x{w}", "padded": f"{ph}x{pw}", "gflops": round(flops / 1e9, 2)}
     variants = {"unfused": base, "fused": base.fuse_for_inference()}
     ref_dets = None
     for name, model in variants.items():
-        net_t, post_t, tot_t, fwd_t = [], [], [], []
+        pre_t, net_t, post_t, tot_t, fwd_t = [], [], [], [], []
         with torch.inference_mode():
             for i in range(warmup + runs):
                 t0 = time.perf_counter()
-                feats, cls, box = network(model, images)
+                x, _ = model.preprocess(images)
                 t1 = time.perf_counter()
-                dets = postprocess(model, feats, cls, box, image_sizes)
+                feats, cls, box = network(model, x)
                 t2 = time.perf_counter()
-                del feats, cls, box
+                dets = postprocess(model, feats, cls, box, image_sizes)
+                t3 = time.perf_counter()
+                del x, feats, cls, box
                 if i >= warmup:
-                    net_t.append(t1 - t0)
-                    post_t.append(t2 - t1)
-                    tot_t.append(t2 - t0)
+                    pre_t.append(t1 - t0)
+                    net_t.append(t2 - t1)
+                    post_t.append(t3 - t2)
+                    tot_t.append(t3 - t1)
             reset_peak_rss()
             rss0 = rss_mb()
             for i in range(max(2, runs // 2)):
                 t0 = time.perf_counter()
-                dets2 = model(images, image_sizes=image_sizes)
+                dets2 = model(images)
                 fwd_t.append(time.perf_counter() - t0)
             peak = peak_rss_mb()
         net, post, tot = summarize(net_t), summarize(post_t), summarize(tot_t)
-        r = {"network": net, "post": post, "total": tot, "forward_call": summarize(fwd_t),
+        r = {"preprocess": summarize(pre_t), "network": net, "post": post, "total": tot,
+             "forward_call": summarize(fwd_t),
              "network_gflops": round(flops / net["median_ms"] / 1e6, 1),
              "post_share_of_total": round(post["median_ms"] / tot["median_ms"], 4),
              "detections": int(dets[0]["boxes"].shape[0]), "rss_before_mb": rss0, "peak_rss_mb": peak}
@@ -183,52 +185,56 @@ def bench_infer(size: tuple[int, int], runs: int, warmup: int) -> dict:
             r["labels_equal_unfused"] = bool(torch.equal(a["labels"][:n], b["labels"][:n]))
         res[name] = r
         print(f"[infer {h}x{w} {name}] total {tot['median_ms']:.1f} ms = network {net['median_ms']:.1f} "
-              f"+ post {post['median_ms']:.1f}; {r['network_gflops']} GFLOP/s; peak RSS {peak} MB",
-              file=sys.stderr)
+              f"+ post {post['median_ms']:.1f} (preprocess {r['preprocess']['median_ms']:.1f}); "
+              f"{r['network_gflops']} GFLOP/s; peak RSS {peak} MB", file=sys.stderr)
     return res
 
 
 # ---------------------------------------------------------------------------------------------- post-processing
 @contextlib.contextmanager
 def nms_probe(stats: dict):
-    """Times retinanet's batched_nms as the detector calls it and records its input size."""
-    import retinanet.modeling.retinanet as R
+    """Times the NMS the post-processor calls and records its input size."""
+    import retinanet.modeling.postprocess as P
 
-    orig = R.batched_nms
+    orig = P.greedy_nms
 
-    def wrapped(boxes, scores, idxs, thr):
+    def wrapped(boxes, scores, idxs, t, t_cmp):
         t0 = time.perf_counter()
-        keep = orig(boxes, scores, idxs, thr)
+        keep = orig(boxes, scores, idxs, t, t_cmp)
         stats.setdefault("nms_s", []).append(time.perf_counter() - t0)
         stats["nms_boxes"] = int(boxes.shape[0])
         stats["nms_groups"] = int(torch.unique(idxs).numel()) if idxs.numel() else 0
         return keep
 
-    R.batched_nms = wrapped
+    P.greedy_nms = wrapped
     try:
         yield stats
     finally:
-        R.batched_nms = orig
+        P.greedy_nms = orig
 
 
 def bench_post(size: tuple[int, int], runs: int, warmup: int) -> dict:
+    from retinanet.modeling.postprocess import PostProcessor
+
     h, w = size
     ph, pw = padded(h, w)
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(1, 3, ph, pw, generator=g)
+    x = torch.rand(1, 3, ph, pw, generator=g)  # the network's input: any padded batch gives head outputs
     model = build().eval().fuse_for_inference(inplace=True)
+    image_sizes = torch.tensor([[h, w]], dtype=torch.int64)
     out = {"input": f"{h}x{w}"}
     with torch.inference_mode():
-        feats, cls, box = network(model, images)
+        feats, cls, box = network(model, x)
         anchors = model.anchors_for(feats)
-        level_sizes = [f.shape[-2] * f.shape[-1] * model.anchor_generator.num_anchors for f in feats]
-        for label, thresh in (("default", model.cfg.score_thresh), ("worst_case", 0.0)):
-            model.cfg.score_thresh = thresh
+        sizes = level_sizes(model, feats)
+        p = model.postprocessor
+        for label, thresh in (("default", p.score_thresh), ("worst_case", 0.0)):
+            post = PostProcessor(model.box_coder, score_thresh=thresh, topk_candidates=p.topk_candidates,
+                                 nms_thresh=p.nms_thresh, detections_per_image=p.detections_per_image)
             stats: dict = {}
             with nms_probe(stats):
-                s = summarize(time_fn(lambda: model.postprocess(cls, box, anchors, level_sizes, [(h, w)]),
-                                      runs, warmup))
-                dets = model.postprocess(cls, box, anchors, level_sizes, [(h, w)])
+                s = summarize(time_fn(lambda: post(cls, box, anchors, sizes, image_sizes), runs, warmup))
+                dets = post(cls, box, anchors, sizes, image_sizes)
             nms = stats.get("nms_s", [])[warmup:warmup + runs]
             out[label] = {"score_thresh": thresh, **s, "nms_median_ms": round(summarize(nms)["median_ms"], 3)
                           if nms else None, "nms_in_boxes": stats.get("nms_boxes"),
@@ -250,10 +256,13 @@ def random_targets(batch: int, size: int, boxes: int, num_classes: int, g: torch
 
 
 def train_worker(size: int, batch: int, boxes: int, runs: int, warmup: int, roofline_runs: int) -> dict:
+    from retinanet.training.normalizer import LossNormalizer
+
     roof = [roofline(roofline_runs, 1)]
     model = build().train()
+    normalizer = LossNormalizer()  # what Trainer._step divides the summed losses by
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(batch, 3, size, size, generator=g)
+    images = torch.rand(batch, 3, size, size, generator=g)  # raw RGB 0-1: the model normalizes
     targets = random_targets(batch, size, boxes, model.num_classes, g)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -275,7 +284,7 @@ def train_worker(size: int, batch: int, boxes: int, runs: int, warmup: int, roof
         loss_t.clear()
         t0 = time.perf_counter()
         out = model(images, targets)
-        loss = out["loss_cls"] + out["loss_box"]
+        loss = (out["loss_cls"] + out["loss_box"]) / normalizer(out["num_fg"])
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -295,7 +304,7 @@ def train_worker(size: int, batch: int, boxes: int, runs: int, warmup: int, roof
     # FLOPs of one forward + backward (after the timed steps, so the counter costs nothing above)
     with FlopCounterMode(display=False) as fc:
         out = model(images, targets)
-        (out["loss_cls"] + out["loss_box"]).backward()
+        ((out["loss_cls"] + out["loss_box"]) / normalizer(out["num_fg"])).backward()
     opt.zero_grad(set_to_none=True)
     flops = int(fc.get_total_flops())
     roof.append(roofline(roofline_runs, 1))
@@ -366,8 +375,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         for r in out.get("infer", {}).values():
             for v in ("unfused", "fused"):
                 r[v]["network_roofline_ratio"] = round(r[v]["network_gflops"] / rl, 3)
-        print(f"[roofline] plain conv3x3 {rl} GFLOP/s (oneDNN packed "
-              f"{out['roofline']['onednn_packed_gflops']})", file=sys.stderr)
+        print(f"[roofline] plain conv3x3 {rl} GFLOP/s", file=sys.stderr)
     if "train" in sections:
         out["train"] = run_train_subprocess(args)
         t = out["train"]

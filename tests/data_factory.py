@@ -3,6 +3,7 @@
 ``make_coco(tmp)`` writes three 64x48 PNG images and a COCO json with known boxes (category ids
 unsorted and non-contiguous, a crowd box, an image without boxes); ``make_voc(tmp)`` writes the same
 kind of data in VOC layout (1-based coordinates, a difficult object, an image without objects).
+``shapes_coco(n, seed)`` draws a learnable set: coloured squares, disks and crosses on grey noise.
 The ``write_*`` helpers make single image files in the formats the bad-input tests need.
 Everything is deterministic.
 """
@@ -166,3 +167,54 @@ def write_16bit_png(path: Path, values: Sequence[int]) -> Path:
     """A 1-row 16-bit grayscale PNG (mode I;16) holding ``values``."""
     Image.fromarray(np.asarray([values], dtype=np.uint16)).save(path)
     return path
+
+
+# ---------------------------------------------------------------------------------- learnable shapes
+
+#: the classes of :func:`shapes_coco`: (category id, name, RGB colour); each has its own shape too
+SHAPE_CLASSES = [(1, "red_square", (220, 40, 40)), (2, "green_disk", (40, 200, 60)),
+                 (3, "blue_cross", (50, 70, 230))]
+
+
+def _shape_mask(k: int, size: int, x: int, y: int, side: int) -> np.ndarray:
+    """Boolean [size, size] mask of shape ``k`` (square, disk, cross) filling the box x, y, side."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    mask = (yy >= y) & (yy < y + side) & (xx >= x) & (xx < x + side)
+    cy, cx, r = y + side / 2 - 0.5, x + side / 2 - 0.5, side / 2
+    if k == 1:
+        mask &= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    elif k == 2:
+        mask &= (np.abs(yy - cy) <= side / 6) | (np.abs(xx - cx) <= side / 6)
+    return mask
+
+
+def shapes_coco(num_images: int, seed: int, prefix: str = "s", size: int = 64, sides: tuple[int, int] = (12, 28),
+                max_objects: int = 3) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A COCO dict of ``num_images`` square ``size`` px images (ids 1..n, files ``{prefix}NNN.png``),
+    each with 1..``max_objects`` non-overlapping objects of :data:`SHAPE_CLASSES` (sides in ``sides``,
+    tight boxes), and the images as uint8 [size, size, 3] arrays by file name (for :func:`make_coco`).
+    Deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    images, anns, arrays = [], [], {}
+    for i in range(num_images):
+        img = rng.normal(128, 20, size=(size, size, 3)).clip(0, 255)
+        taken = np.zeros((size, size), dtype=bool)  # objects and a 2 px margin around them
+        for _ in range(int(rng.integers(1, max_objects + 1))):
+            for _attempt in range(20):
+                side = int(rng.integers(sides[0], sides[1] + 1))
+                x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+                if not taken[y:y + side, x:x + side].any():
+                    break
+            else:
+                continue  # no free place found: one object fewer in this image
+            taken[max(0, y - 2):y + side + 2, max(0, x - 2):x + side + 2] = True
+            k = int(rng.integers(len(SHAPE_CLASSES)))
+            cid, _, rgb = SHAPE_CLASSES[k]
+            img[_shape_mask(k, size, x, y, side)] = rgb
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cid, "bbox": [x, y, side, side],
+                         "area": side * side, "iscrowd": 0})
+        name = f"{prefix}{i:03d}.png"
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        arrays[name] = img.astype(np.uint8)
+    categories = [{"id": c, "name": n, "supercategory": "shape"} for c, n, _ in SHAPE_CLASSES]
+    return {"images": images, "annotations": anns, "categories": categories}, arrays

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from retinanet.config import config_to_dict, load_config
-from retinanet.training.checkpoint import get_rng_state, save_checkpoint
-from retinanet.modeling.backbone import FrozenBatchNorm2d
+from retinanet.training.checkpoint import save_checkpoint
+from retinanet.training.normalizer import LossNormalizer
+from retinanet.training.rng import get_rng_state
+from retinanet.modeling.norm import FrozenBatchNorm2d
 from retinanet.modeling.retinanet import RetinaNet
 
 CLASS_NAMES = ["circle", "square", "triangle"]
@@ -41,20 +43,21 @@ def make_checkpoint(path: Path, extra: Sequence[str] = (), with_config: bool = T
                     seed: int = 0) -> Path:
     cfg = tiny_config(extra)
     torch.manual_seed(seed)
-    model = RetinaNet(cfg.model).train()
+    model = RetinaNet.from_config(cfg).train()
+    normalizer = LossNormalizer(cfg.model.loss_normalizer, cfg.model.normalizer_momentum)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    images = torch.randn(1, 3, 128, 128)
+    images = torch.rand(1, 3, 128, 128)  # raw RGB 0-1: the model normalizes
     targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [70.0, 20.0, 120.0, 90.0]]),
                 "labels": torch.tensor([0, 2])}]
     for _ in range(2):
         losses = model(images, targets)
-        loss = losses["loss_cls"] + losses["loss_box"]
+        loss = (losses["loss_cls"] + losses["loss_box"]) / normalizer(losses["num_fg"])
         opt.zero_grad()
         loss.backward()
         opt.step()
     state = {
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": None, "iteration": 2,
-        "fg_ema": float(model.fg_ema.item()), "rng": get_rng_state(),
+        "fg_ema": normalizer.fg_ema, "rng": get_rng_state(),
         "class_names": list(CLASS_NAMES), "label_to_category_id": list(CATEGORY_IDS),
         "skipped_steps": 0, "max_iter": 2,
     }

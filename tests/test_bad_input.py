@@ -31,7 +31,8 @@ from retinanet.config import ConfigError, load_config
 from retinanet.data import CocoDetection, DataError, VOCDetection, build_transforms, load_image, set_max_image_pixels
 from retinanet.data import image_io
 from retinanet.data.build import build_dataset
-from retinanet.training.checkpoint import CheckpointError, StateDictMismatchError, UnsafeCheckpointError
+from retinanet.modeling.state_dict import StateDictMismatchError
+from retinanet.utils.serialization import CheckpointError, UnsafeCheckpointError
 from retinanet.inference.predictor import Predictor
 
 torch.set_num_threads(1)
@@ -636,8 +637,9 @@ def test_wrong_architecture_lists_the_keys_that_differ(tiny_ckpt, tmp_path, caps
 
 
 def test_checkpoint_without_or_with_a_broken_config(tiny_ckpt, tmp_path, capsys):
-    from retinanet.training.checkpoint import load_checkpoint, save_checkpoint
-    state = load_checkpoint(tiny_ckpt)
+    from retinanet.training.checkpoint import save_checkpoint
+    from retinanet.utils.serialization import load_file
+    state = load_file(tiny_ckpt)
     bare = save_checkpoint(tmp_path / "bare.pth", {"model": state["model"]}, update_last=False)
     line = _cli_error(capsys, "predict", "--weights", bare, _image(tmp_path / "imgs"), "--no-progress")
     assert f"{bare}: the file holds no config; pass config=" in line and "--config" in line

@@ -1,4 +1,5 @@
-"""Data layer: COCO/VOC readers, transforms (boxes exact, mapping back), collate, loader reproducibility."""
+"""Data layer: COCO/VOC readers, transforms (boxes exact, mapped back by the model's
+``rescale_boxes``), collate and the model's normalize-and-pad input step, loader reproducibility."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import torch
 from PIL import Image
 
 from data_factory import COCO_EXPECTED, H, W, coco_dict, make_coco, make_voc, pattern_image
+from retinanet.config import Config
 from retinanet.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CocoDetection,
     Compose,
     RandomHorizontalFlip,
@@ -25,9 +25,10 @@ from retinanet.data import (
     build_transforms,
     collate,
     get_output_size,
-    map_boxes_to_original,
-    normalize,
 )
+from retinanet.modeling.postprocess import rescale_boxes
+from retinanet.modeling.preprocess import normalize_and_pad
+from retinanet.modeling.retinanet import RetinaNet
 
 torch.set_num_threads(1)
 
@@ -210,20 +211,19 @@ def test_resize_boxes_exact_and_map_back():
     assert out.shape == (750, 1000, 3) and t["size"] == (750, 1000)
     # 1000 / 64 = 750 / 48 = 15.625
     assert t["boxes"].tolist() == [[156.25, 78.125, 468.75, 312.5], [0.0, 0.0, 1000.0, 750.0]]
-    assert t["scale"] == (15.625, 15.625)
+    assert rescale_boxes(boxes, H, W, *t["size"]).tolist() == t["boxes"].tolist()  # the same factor, 15.625
     assert target["boxes"] is boxes and target["size"] == (H, W)  # input target untouched
-    torch.testing.assert_close(map_boxes_to_original(t["boxes"], t), boxes)
+    torch.testing.assert_close(rescale_boxes(t["boxes"], *t["size"], *t["orig_size"]), boxes)
 
     # unequal axis factors from rounding: 480x640 -> 500x667
     t2 = {"boxes": torch.tensor([[64.0, 48.0, 640.0, 480.0]]), "orig_size": (480, 640), "size": (480, 640)}
     _, r = ResizeShortestSide(500, 1333)(np.zeros((480, 640, 3), np.uint8), t2)
     torch.testing.assert_close(r["boxes"], torch.tensor([[64 * 667 / 640, 48 * 500 / 480, 667.0, 500.0]]))
-    torch.testing.assert_close(map_boxes_to_original(r["boxes"], r), t2["boxes"])
+    torch.testing.assert_close(rescale_boxes(r["boxes"], *r["size"], *r["orig_size"]), t2["boxes"])
 
 
 def test_map_back_clips_to_original():
-    t = {"orig_size": (48, 64), "size": (96, 128)}
-    out = map_boxes_to_original(torch.tensor([[-10.0, 20.0, 140.0, 100.0]]), t)
+    out = rescale_boxes(torch.tensor([[-10.0, 20.0, 140.0, 100.0]]), 96, 128, 48, 64)
     assert out.tolist() == [[0.0, 10.0, 64.0, 48.0]]
 
 
@@ -231,29 +231,34 @@ def test_flip_boxes_and_pixels_exact():
     img = pattern_image()
     target = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]]), "orig_size": (H, W), "size": (H, W)}
     out, t = RandomHorizontalFlip(p=1.0)(img, target)
-    assert t["boxes"].tolist() == [[34.0, 5.0, 54.0, 20.0]] and t["flipped"] is True
+    assert t["boxes"].tolist() == [[34.0, 5.0, 54.0, 20.0]]
+    assert "flipped" not in t  # training-only augmentation: nothing downstream undoes it
     np.testing.assert_array_equal(out, img[:, ::-1])
     timg = torch.from_numpy(img).permute(2, 0, 1).float()
     tout, t_t = RandomHorizontalFlip(p=1.0)(timg, target)
     torch.testing.assert_close(tout, timg.flip(-1))
     assert t_t["boxes"].tolist() == t["boxes"].tolist()
-    # flip twice = identity; a flipped prediction maps back to the file's pixels
-    _, tt = RandomHorizontalFlip(p=1.0)(out, t)
-    assert tt["boxes"].tolist() == [[10.0, 5.0, 30.0, 20.0]] and tt["flipped"] is False
-    assert map_boxes_to_original(t["boxes"], t).tolist() == [[10.0, 5.0, 30.0, 20.0]]
+    # flip twice = identity, pixels and boxes
+    back, tt = RandomHorizontalFlip(p=1.0)(out, t)
+    assert tt["boxes"].tolist() == [[10.0, 5.0, 30.0, 20.0]]
+    np.testing.assert_array_equal(back, img)
     # p = 0 never flips
-    _, t0 = RandomHorizontalFlip(p=0.0)(img, target)
-    assert "flipped" not in t0
+    out0, t0 = RandomHorizontalFlip(p=0.0)(img, target)
+    assert t0["boxes"].tolist() == [[10.0, 5.0, 30.0, 20.0]]
+    np.testing.assert_array_equal(out0, img)
 
 
 def test_resize_then_flip_maps_back():
+    """Flipping back and :func:`rescale_boxes` (the model's mapping to the original size) invert
+    resize + flip exactly."""
     img = pattern_image()
     boxes = torch.tensor([[10.0, 5.0, 30.0, 20.0]])
     tf = Compose([ResizeShortestSide(96, 1333), RandomHorizontalFlip(1.0), ToTensor()])
     image, t = tf(img, {"boxes": boxes, "orig_size": (H, W), "size": (H, W)})
     assert image.shape == (3, 96, 128)
     assert t["boxes"].tolist() == [[128 - 60.0, 10.0, 128 - 20.0, 40.0]]
-    torch.testing.assert_close(map_boxes_to_original(t["boxes"], t), boxes)
+    _, unflipped = RandomHorizontalFlip(1.0)(image, t)
+    torch.testing.assert_close(rescale_boxes(unflipped["boxes"], *t["size"], *t["orig_size"]), boxes)
 
 
 def test_resize_numpy_and_tensor_paths_agree():
@@ -284,7 +289,7 @@ def test_build_transforms():
     assert image.dtype == torch.float32 and image.shape[1] in (40, 48) and float(image.max()) <= 1.0
     ev = build_transforms(False, 24, 100)
     image, t = ev(pattern_image(), {"orig_size": (H, W)})
-    assert image.shape == (3, 24, 32) and t["scale"] == (0.5, 0.5)
+    assert image.shape == (3, 24, 32) and t["size"] == (24, 32)  # half the 48 x 64 file
     with pytest.raises(ValueError, match="one test size"):
         build_transforms(False, (24, 32), 100)
     with pytest.raises(ValueError, match="min_size"):
@@ -302,43 +307,81 @@ def test_dataset_with_transforms(tmp_path):
 # ------------------------------------------------------------------------------------------ collate
 
 
-def test_collate_shapes_normalization_padding():
+def test_collate_keeps_images_and_targets():
     a = torch.rand(3, 48, 64)
-    b = torch.rand(3, 130, 30)
+    b = torch.randint(0, 256, (3, 130, 30), dtype=torch.uint8)
     batch = collate([(a, {"k": 0}), (b, {"k": 1})])
-    assert batch.images.shape == (2, 3, 256, 128)
-    assert batch.image_sizes == [(48, 64), (130, 30)]
+    assert len(batch.images) == 2 and batch.images[0] is a and batch.images[1] is b  # no copy, no padding
     assert [t["k"] for t in batch.targets] == [0, 1]
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    torch.testing.assert_close(batch.images[0, :, :48, :64], (a - mean) / std)
-    torch.testing.assert_close(batch.images[1, :, :130, :30], (b - mean) / std)
-    assert batch.images[0, :, 48:].abs().sum() == 0 and batch.images[0, :, :, 64:].abs().sum() == 0
-    assert batch.images[1, :, 130:].abs().sum() == 0 and batch.images[1, :, :, 30:].abs().sum() == 0
-    # hand values: a mid-grey pixel
-    g = collate([(torch.full((3, 2, 2), 0.5), {})], size_divisibility=1).images
-    assert g.shape == (1, 3, 2, 2)
-    torch.testing.assert_close(g[0, :, 0, 0], torch.tensor([(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224,
-                                                            (0.5 - 0.406) / 0.225]))
-    images, targets, sizes = batch  # unpacks like a tuple
-    assert images is batch.images and sizes == batch.image_sizes
-    # exact multiples stay as they are; uint8 images are scaled by 1/255
-    u = collate([(torch.full((3, 128, 256), 255, dtype=torch.uint8), {})]).images
-    assert u.shape == (1, 3, 128, 256)
-    torch.testing.assert_close(u[0, :, 0, 0], (1 - mean.view(3)) / std.view(3))
+    images, targets = batch  # unpacks like a tuple
+    assert images is batch.images and targets is batch.targets
     with pytest.raises(ValueError, match="empty batch"):
         collate([])
     with pytest.raises(TypeError, match="item 0"):
         collate([(torch.rand(1, 4, 4), {})])
 
 
-def test_normalize_matches_collate():
+# ------------------------------------------------------------------------------------------ model input
+
+
+def _mean_std() -> tuple[torch.Tensor, torch.Tensor]:
+    m = Config().model
+    return torch.tensor(m.pixel_mean).view(3, 1, 1), torch.tensor(m.pixel_std).view(3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> RetinaNet:
+    cfg = Config()
+    cfg.model.backbone.name = "resnet18"
+    cfg.model.backbone.weights = None
+    assert cfg.data.size_divisibility == 128
+    return RetinaNet.from_config(cfg).eval()
+
+
+def test_model_preprocess_shapes_normalization_padding(tiny_model):
+    """``RetinaNet.preprocess``: ImageNet mean/std from the config, zero padding (exactly 0 after
+    normalization) to multiples of ``size_divisibility``, float and uint8 input."""
+    a = torch.rand(3, 48, 64)
+    b = torch.rand(3, 130, 30)
+    x, sizes = tiny_model.preprocess([a, b])
+    assert x.shape == (2, 3, 256, 128) and x.dtype == torch.float32
+    assert sizes == [(48, 64), (130, 30)]
+    mean, std = _mean_std()
+    torch.testing.assert_close(tiny_model.pixel_mean, mean)
+    torch.testing.assert_close(tiny_model.pixel_std, std)
+    torch.testing.assert_close(x[0, :, :48, :64], (a - mean) / std)
+    torch.testing.assert_close(x[1, :, :130, :30], (b - mean) / std)
+    assert x[0, :, 48:].abs().sum() == 0 and x[0, :, :, 64:].abs().sum() == 0
+    assert x[1, :, 130:].abs().sum() == 0 and x[1, :, :, 30:].abs().sum() == 0
+    # hand values: a mid-grey pixel
+    g = normalize_and_pad(torch.full((1, 3, 2, 2), 0.5), None, mean, std, 1)
+    assert g.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(g[0, :, 0, 0], torch.tensor([(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224,
+                                                            (0.5 - 0.406) / 0.225]))
+    # exact multiples stay as they are; uint8 images are scaled by 1/255
+    u, usizes = tiny_model.preprocess([torch.full((3, 128, 256), 255, dtype=torch.uint8)])
+    assert u.shape == (1, 3, 128, 256) and usizes == [(128, 256)]
+    torch.testing.assert_close(u[0, :, 0, 0], (1 - mean.view(3)) / std.view(3))
+    # uint8 images of different sizes: the same values as their float 0-1 copies, padding exactly 0
+    ua = torch.full((3, 48, 64), 255, dtype=torch.uint8)
+    ub = torch.full((3, 130, 30), 51, dtype=torch.uint8)
+    xu, _ = tiny_model.preprocess([ua, ub])
+    assert xu.shape == (2, 3, 256, 128)
+    torch.testing.assert_close(xu, tiny_model.preprocess([ua.float() / 255, ub.float() / 255])[0])
+    torch.testing.assert_close(xu[1, :, 0, 0], (0.2 - mean.view(3)) / std.view(3))
+    assert xu[0, :, 48:].abs().sum() == 0 and xu[0, :, :, 64:].abs().sum() == 0
+    assert xu[1, :, 130:].abs().sum() == 0 and xu[1, :, :, 30:].abs().sum() == 0
+
+
+def test_normalize_and_pad_matches_model_preprocess(tiny_model):
     x = torch.rand(2, 3, 5, 7)
-    want = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    torch.testing.assert_close(normalize(x), want)
-    y = x.clone()
-    assert normalize(y, inplace=True) is y
-    torch.testing.assert_close(y, want)
+    mean, std = _mean_std()
+    want = (x - mean) / std
+    torch.testing.assert_close(normalize_and_pad(x, None, mean, std, 1), want)
+    got, sizes = tiny_model.preprocess(x)  # one [B, 3, H, W] tensor: padded to 128 x 128
+    assert got.shape == (2, 3, 128, 128) and sizes == [(5, 7), (5, 7)]
+    torch.testing.assert_close(got[:, :, :5, :7], want)
+    assert got[:, :, 5:].abs().sum() == 0 and got[:, :, :, 7:].abs().sum() == 0
 
 
 # ------------------------------------------------------------------------------------------ loader
@@ -363,3 +406,14 @@ def test_logging_quiet_for_clean_data(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="retinanet.data"):
         CocoDetection(image_dir, ann)
     assert caplog.records == []
+
+
+def test_batch_images_mixed_uint8_and_float_are_both_read_as_0_1():
+    from retinanet.modeling.preprocess import batch_images
+
+    u = torch.full((3, 4, 4), 255, dtype=torch.uint8)
+    f = torch.full((3, 2, 2), 0.5)
+    batch, sizes = batch_images([u, f])
+    assert batch.dtype == torch.float32 and sizes.tolist() == [[4, 4], [2, 2]]
+    assert torch.equal(batch[0], torch.ones(3, 4, 4))
+    assert torch.equal(batch[1, :, :2, :2], f) and batch[1, :, 2:].abs().sum() == 0

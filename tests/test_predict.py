@@ -14,7 +14,6 @@ from PIL import Image
 from model_factory import CATEGORY_IDS, CLASS_NAMES, make_checkpoint, write_image
 from retinanet import Predictor
 from retinanet.cli import main
-from retinanet.data.collate import collate
 from retinanet.inference.predictor import find_images
 
 torch.set_num_threads(1)
@@ -61,16 +60,16 @@ def test_predictor_python_api_path_and_array_agree(predictor, tmp_path):
 
 def test_boxes_are_mapped_back_to_file_pixels(predictor):
     """The network input is the image resized x2 (48 -> 96 px); the predictor's boxes must be the
-    network's boxes divided by 2 (a predictor that skipped the mapping would be off by 2x)."""
+    network's boxes divided by 2 (a predictor that skipped the mapping would be off by 2x). The
+    model without ``output_sizes`` returns boxes in the pixels of its input."""
     arr = np.asarray(Image.fromarray(
         np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)))
     target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64), "image_id": 0,
               "orig_size": (48, 64)}
     image, t = predictor.transforms(arr, target)
     assert tuple(image.shape[-2:]) == (96, 128) and tuple(t["size"]) == (96, 128)
-    batch = collate([(image, t)], size_divisibility=128)
     with torch.no_grad():
-        raw = predictor.model(batch.images, image_sizes=batch.image_sizes)[0]
+        raw = predictor.model([image])[0]
     det = predictor.predict(arr)
     assert raw["boxes"].numel() > 0 and torch.equal(det["labels"], raw["labels"])
     torch.testing.assert_close(det["boxes"], raw["boxes"] / 2, rtol=0, atol=1e-4)
@@ -79,9 +78,8 @@ def test_boxes_are_mapped_back_to_file_pixels(predictor):
     image2, t2 = predictor.transforms(arr2, {**target, "orig_size": (30, 100)})
     h2, w2 = t2["size"]
     assert w2 == 160 and h2 == 48  # 100 * 1.6, 30 * 1.6 (the longer side limits the scale)
-    batch2 = collate([(image2, t2)], size_divisibility=128)
     with torch.no_grad():
-        raw2 = predictor.model(batch2.images, image_sizes=batch2.image_sizes)[0]
+        raw2 = predictor.model([image2])[0]
     det2 = predictor.predict(arr2)
     scale = torch.tensor([100 / w2, 30 / h2, 100 / w2, 30 / h2])
     torch.testing.assert_close(det2["boxes"], raw2["boxes"] * scale, rtol=0, atol=1e-4)

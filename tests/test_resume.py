@@ -25,9 +25,10 @@ import torch
 
 from retinanet.cli import main
 from retinanet.config import config_from_dict
-from retinanet.training import checkpoint as ckpt_mod
-from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, latest_checkpoint, list_checkpoints, load_checkpoint
+from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, latest_checkpoint, list_checkpoints
 from retinanet.training.trainer import Trainer, TrainingDiverged
+from retinanet.utils import serialization
+from retinanet.utils.serialization import load_file
 from retinanet.modeling.retinanet import RetinaNet
 from train_factory import (assert_same_tensors, cli_command, make_coco_split, momentum_buffers, subprocess_env,
                            tiny_config, write_config)
@@ -75,7 +76,7 @@ def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     result = Trainer(_cfg(data, out), progress=False).train()
     assert result.iteration == MAX_ITER and not result.stopped_early
-    return {"state": load_checkpoint(out / "model_final.pth"), "losses": _losses(_train_rows(out))}
+    return {"state": load_file(out / "model_final.pth"), "losses": _losses(_train_rows(out))}
 
 
 def _assert_same_as_reference(state: dict, reference: dict) -> None:
@@ -104,14 +105,14 @@ def test_stopped_then_resumed_run_equals_the_uninterrupted_one(data, reference, 
     assert first.stopped_early and first.iteration == stop_at and first.signal == 0
     assert (out / LAST_CHECKPOINT_FILE).read_text().strip() == "model_0000004.pth"
     assert not (out / "model_final.pth").exists()
-    assert load_checkpoint(out / "model_0000004.pth")["iteration"] == stop_at
+    assert load_file(out / "model_0000004.pth")["iteration"] == stop_at
     # the stopped run is not the reference yet
     key = "head.classification_head.cls_logits.weight"
-    assert not torch.equal(load_checkpoint(out / "model_0000004.pth")["model"][key], reference["state"]["model"][key])
+    assert not torch.equal(load_file(out / "model_0000004.pth")["model"][key], reference["state"]["model"][key])
 
     second = Trainer(_cfg(data, out, workers), resume=True, progress=False).train()
     assert second.iteration == MAX_ITER and not second.stopped_early
-    _assert_same_as_reference(load_checkpoint(out / "model_final.pth"), reference)
+    _assert_same_as_reference(load_file(out / "model_final.pth"), reference)
     assert _losses(_train_rows(out)) == reference["losses"]  # data order, augmentation, lr: all the same
 
 
@@ -156,8 +157,8 @@ def test_sigkill_at_a_random_step_then_resume(data, reference, tmp_path, caplog)
     files = list_checkpoints(out)
     assert files, why
     for f in files:
-        assert load_checkpoint(f)["iteration"] == int(f.stem.split("_")[1]), (f, why)
-    resume_from = load_checkpoint(latest_checkpoint(out))["iteration"]
+        assert load_file(f)["iteration"] == int(f.stem.split("_")[1]), (f, why)
+    resume_from = load_file(latest_checkpoint(out))["iteration"]
     assert PERIOD <= resume_from <= seen + 1 and seen - resume_from <= PERIOD, (resume_from, why)
 
     stale = list(out.glob(".*.tmp"))  # a write interrupted by the kill, if it hit one
@@ -165,7 +166,7 @@ def test_sigkill_at_a_random_step_then_resume(data, reference, tmp_path, caplog)
         assert main(["train", str(cfg_path), "--resume", "--no-progress"]) == 0, why
     assert f"resumed from {out / f'model_{resume_from:07d}.pth'} at iteration {resume_from}" in caplog.text, why
     assert all(not p.exists() for p in stale), why
-    _assert_same_as_reference(load_checkpoint(out / "model_final.pth"), reference)
+    _assert_same_as_reference(load_file(out / "model_final.pth"), reference)
     # the log has every iteration once (rows redone after the checkpoint replaced), same losses
     assert _losses(_train_rows(out)) == reference["losses"], why
     assert not list(out.glob(".*.tmp")), why  # no debris left
@@ -192,12 +193,12 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint_and_resume_finishes(data, refere
     assert "--resume" in stdout
     # the step in progress was finished and checkpointed
     assert (out / LAST_CHECKPOINT_FILE).read_text().strip() == f"model_{stopped_at:07d}.pth"
-    assert load_checkpoint(out / f"model_{stopped_at:07d}.pth")["iteration"] == stopped_at
+    assert load_file(out / f"model_{stopped_at:07d}.pth")["iteration"] == stopped_at
     assert not (out / "model_final.pth").exists()
 
     assert main(["train", str(cfg_path), "--resume", "--no-progress"]) == 0
     assert f"training finished at iteration {MAX_ITER}" in capsys.readouterr().out
-    _assert_same_as_reference(load_checkpoint(out / "model_final.pth"), reference)
+    _assert_same_as_reference(load_file(out / "model_final.pth"), reference)
     assert _losses(_train_rows(out)) == reference["losses"]
 
 
@@ -211,8 +212,8 @@ def nan_at(monkeypatch):
     def install(trainer: Trainer, iterations: set[int]) -> None:
         orig = RetinaNet.forward
 
-        def forward(self, images, targets=None, image_sizes=None):
-            out = orig(self, images, targets, image_sizes)
+        def forward(self, images, targets=None, output_sizes=None):
+            out = orig(self, images, targets, output_sizes)
             if self.training and trainer.iteration + 1 in iterations:
                 out = dict(out, loss_cls=out["loss_cls"] * float("nan"))
             return out
@@ -236,7 +237,7 @@ def test_nan_loss_stops_with_training_diverged(data, tmp_path, nan_at):
     # the last good checkpoint is untouched and loadable; nothing was written after the bad step
     assert [p.name for p in list_checkpoints(out)] == ["model_0000003.pth"]
     assert latest_checkpoint(out) == out / "model_0000003.pth"
-    state = load_checkpoint(out / "model_0000003.pth")
+    state = load_file(out / "model_0000003.pth")
     assert state["iteration"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert max(_train_rows(out)) == 4
 
@@ -265,10 +266,10 @@ def test_skip_nonfinite_skips_and_counts(data, tmp_path, nan_at):
     assert rows[2]["loss"] is None and rows[2]["loss_cls"] is None  # JSON null, not NaN
     assert rows[6]["skipped_steps"] == 2 and "skipped_steps" not in rows[1]
     assert all(math.isfinite(rows[i]["loss"]) for i in (1, 3, 4, 6))
-    final = load_checkpoint(out / "model_final.pth")
+    final = load_file(out / "model_final.pth")
     assert final["skipped_steps"] == 2 and all(torch.isfinite(v).all() for v in final["model"].values())
     # a skipped step changes nothing: weights and momentum after step 2 are those after step 1
-    s1, s2, s3 = (load_checkpoint(out / f"model_{i:07d}.pth") for i in (1, 2, 3))
+    s1, s2, s3 = (load_file(out / f"model_{i:07d}.pth") for i in (1, 2, 3))
     assert_same_tensors(s1["model"], s2["model"], "skipped step ")
     assert all(torch.equal(a, b) for a, b in zip(momentum_buffers(s1), momentum_buffers(s2)))
     assert not torch.equal(s2["model"]["head.classification_head.cls_logits.weight"],
@@ -345,7 +346,7 @@ def test_disk_full_while_saving_a_checkpoint(data, tmp_path, monkeypatch, capsys
         f.write(b"PK\x03\x04" + b"\0" * 1000)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ckpt_mod.torch, "save", save)
+    monkeypatch.setattr(serialization.torch, "save", save)
     rc = main(["train", str(cfg_path), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -354,5 +355,5 @@ def test_disk_full_while_saving_a_checkpoint(data, tmp_path, monkeypatch, capsys
     # the previous checkpoint is intact and still the one to resume from; no partial file anywhere
     assert [p.name for p in list_checkpoints(out)] == ["model_0000003.pth"]
     assert latest_checkpoint(out) == out / "model_0000003.pth"
-    assert load_checkpoint(out / "model_0000003.pth")["iteration"] == 3
+    assert load_file(out / "model_0000003.pth")["iteration"] == 3
     assert not list(out.glob(".*.tmp"))

@@ -20,10 +20,11 @@ from data_factory import make_voc
 from retinanet.cli import main
 from retinanet.config import load_config
 from retinanet.data.build import build_dataset
-from retinanet.data.collate import collate
-from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, load_checkpoint
-from retinanet.inference.evaluator import STAT_NAMES
-from retinanet.training.trainer import Trainer, lr_at
+from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE
+from retinanet.inference.coco_eval import STAT_NAMES
+from retinanet.training.schedule import lr_at
+from retinanet.training.trainer import Trainer
+from retinanet.utils.serialization import load_file
 from retinanet.modeling.retinanet import RetinaNet
 from train_factory import make_coco_split, run_cli, tiny_config, val_coco_dict, write_config
 
@@ -78,7 +79,7 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
                  "detections_0000004.json", "training_curves.png"):
         assert (out / name).is_file(), name
     assert (out / LAST_CHECKPOINT_FILE).read_text().strip() == "model_final.pth"
-    final = load_checkpoint(out / "model_final.pth")
+    final = load_file(out / "model_final.pth")
     assert final["iteration"] == 4 and final["max_iter"] == 4
     assert final["label_to_category_id"] == [3, 7, 11] and final["class_names"] == ["cat", "dog", "bird"]
     assert load_config(str(out / "config.yaml")).solver.max_iter == 4
@@ -118,7 +119,7 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
 
     # boxes in original pixels: recompute one image by hand; the model sees it at twice the file's size
     cfg = load_config(str(cfg_path))
-    model = RetinaNet(cfg.model)
+    model = RetinaNet.from_config(cfg)
     model.load_state_dict(final["model"])
     model.eval()
     ds = build_dataset(cfg, train=False)
@@ -126,9 +127,8 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
         image, target = ds[i]
         ow, oh = sizes[target["image_id"]]
         assert tuple(image.shape[1:]) == (2 * oh, 2 * ow)
-        batch = collate([(image, target)])
         with torch.no_grad():
-            det = model(batch.images, image_sizes=batch.image_sizes)[0]
+            det = model([image])[0]  # boxes in the pixels of the network's input
         mine = [r for r in results if r["image_id"] == target["image_id"]]
         for box, score, label in list(zip(det["boxes"], det["scores"], det["labels"]))[:5]:
             x1, y1, x2, y2 = (box / 2).tolist()
@@ -143,8 +143,8 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
     rows = _rows(out / "metrics.jsonl")
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["iter"] for r in rows if "bbox/AP" in r] == [4, 6]
-    assert load_checkpoint(out / "model_final.pth")["iteration"] == 6
-    assert load_checkpoint(out / "model_0000006.pth")["iteration"] == 6
+    assert load_file(out / "model_final.pth")["iteration"] == 6
+    assert load_file(out / "model_0000006.pth")["iteration"] == 6
     assert (out / LAST_CHECKPOINT_FILE).read_text().strip() == "model_final.pth"
 
 

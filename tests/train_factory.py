@@ -1,7 +1,8 @@
 """Tiny training runs for the end-to-end, distributed and fault tests.
 
 ``make_coco_split(root)`` writes a COCO-format train and val set of small PNGs (64x48 and 48x64,
-category ids 3, 7, 11, non-contiguous image ids, a crowd box, an image without boxes);
+category ids 3, 7, 11, non-contiguous image ids, a crowd box, an image without boxes), or the sets it
+is given;
 ``tiny_config(...)`` returns a config dict for a model that trains at ~0.05 s per step on one CPU
 thread: MobileNetV2 (random init, frozen BN: no batch statistics, so several processes compute what
 one does), a 32-channel FPN, one conv per subnet, anchors 8..128 px, images of at most 128 px (every
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import yaml
 
@@ -60,10 +62,13 @@ def val_coco_dict() -> dict[str, Any]:
     return {"images": images, "annotations": anns, "categories": copy.deepcopy(CATEGORIES)}
 
 
-def make_coco_split(root: Path) -> dict[str, str]:
-    """Write the train and val sets under ``root``; returns the ``data.*`` path settings."""
-    ti, ta = make_coco(root / "train", train_coco_dict())
-    vi, va = make_coco(root / "val", val_coco_dict())
+def make_coco_split(root: Path, train: Optional[dict[str, Any]] = None, val: Optional[dict[str, Any]] = None,
+                    images: Optional[dict[str, np.ndarray]] = None) -> dict[str, str]:
+    """Write the train and val sets (default :func:`train_coco_dict`, :func:`val_coco_dict`) under ``root``,
+    with the image contents of ``images`` by file name (see ``make_coco``); returns the ``data.*`` path
+    settings."""
+    ti, ta = make_coco(root / "train", train_coco_dict() if train is None else train, images)
+    vi, va = make_coco(root / "val", val_coco_dict() if val is None else val, images)
     return {"format": "coco", "train_images": str(ti), "train_annotations": str(ta),
             "val_images": str(vi), "val_annotations": str(va)}
 

@@ -39,9 +39,11 @@ def batch_images(images: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
     if all(s == (h, w) for s in sizes) and all(im.dtype == first.dtype for im in images):
         out = torch.stack(list(images))
     else:
-        dtype = first.dtype if all(im.dtype == first.dtype for im in images) else torch.float32
-        out = first.new_zeros((len(sizes), 3, h, w), dtype=dtype)
+        same = all(im.dtype == first.dtype for im in images)
+        out = first.new_zeros((len(sizes), 3, h, w), dtype=first.dtype if same else torch.float32)
         for i, img in enumerate(images):
+            if not same and img.dtype == torch.uint8:  # mixed with float images: to 0-1 first
+                img = img.to(torch.float32).div_(255.0)
             out[i, :, :sizes[i][0], :sizes[i][1]].copy_(img.to(out.device))
     return out, torch.tensor(sizes, dtype=torch.int64, device=out.device)
 
