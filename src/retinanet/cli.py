@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -131,7 +131,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     pred = Predictor(args.weights, config=args.config, device=args.device, score_thresh=args.score_thresh)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results: list[dict[str, Any]] = []
     used: set[str] = set()
     for i, det in enumerate(pred.predict_many(paths, batch_size=args.batch_size, progress=not args.no_progress)):
         path = paths[i]
@@ -290,10 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from retinanet.utils.serialization import CheckpointError
     from retinanet.utils.distributed import RankFailed
     from retinanet.training.trainer import TrainingDiverged
-    try:
-        from retinanet.data.errors import DataError
-    except ImportError:  # pragma: no cover
-        DataError = ValueError  # type: ignore
+    from retinanet.data.errors import DataError
     try:
         return args.fn(args)
     except (ConfigError, CheckpointError, DataError, TrainingDiverged, RankFailed, ValueError) as e:

@@ -119,6 +119,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
     t0 = time.perf_counter()
     p = plan or (QUICK if quick else FULL)
     cfg = demo_config(out, quick, overrides, plan=p)
+    assert cfg.data.train_images is not None  # set by demo_config
     data_root = Path(cfg.data.train_images).parent
     ensure_synthetic_coco(data_root, num_train=p.num_train, num_val=p.num_val,
                           image_size=(p.size, p.size), seed=0, objects_per_image=p.objects_per_image,
@@ -131,6 +132,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
     result = Trainer(cfg, resume=False, progress=progress, hooks=[budget] if budget else []).train()
     t_train = time.perf_counter() - t0 - t_data
     gallery = out / "detections.png"
+    assert result.final_checkpoint is not None  # one process, so rank 0: it always writes one
     _draw_gallery(cfg, result.final_checkpoint, gallery)
     m = result.metrics
     summary = {
@@ -217,6 +219,7 @@ def _draw_gallery(cfg: Config, checkpoint: str | Path, path: Path, n: int = 4) -
     from retinanet.inference.predictor import Predictor
     from retinanet.viz.draw import draw_detections, make_gallery
 
+    assert cfg.data.val_images is not None  # set by demo_config
     pred = Predictor(checkpoint, device="cpu")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
         coco = COCO(cfg.data.val_annotations)

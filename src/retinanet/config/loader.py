@@ -64,7 +64,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}", key)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -196,7 +196,8 @@ def validate(cfg: Config) -> None:
     _check(m.detections_per_image >= 1, "model.detections_per_image", "must be >= 1", m.detections_per_image)
 
     _check(d.format in ("coco", "voc"), "data.format", "must be coco or voc", d.format)
-    _check(len(d.min_size) >= 1 and all(x > 0 for x in d.min_size), "data.min_size", "must be positive sizes", d.min_size)
+    _check(len(d.min_size) >= 1 and all(x > 0 for x in d.min_size), "data.min_size", "must be positive sizes",
+           d.min_size)
     _check(d.max_size >= max(d.min_size), "data.max_size", "must be >= every data.min_size", d.max_size)
     _check(d.test_min_size > 0, "data.test_min_size", "must be > 0", d.test_min_size)
     _check(d.test_batch_size >= 1, "data.test_batch_size", "must be >= 1", d.test_batch_size)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from retinanet.config import Config, ConfigError
 from retinanet.data.coco import CocoDetection
 from retinanet.data.collate import collate
+from retinanet.data.dataset import DetectionDataset
 from retinanet.data.transforms import build_transforms
 from retinanet.data.voc import VOC_CLASSES, VOCDetection
 
@@ -30,7 +31,7 @@ def _need(value, key: str) -> str:
     return value
 
 
-def build_dataset(cfg: Config, train: bool) -> Dataset:
+def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
     """The training (``train=True``) or validation dataset of ``cfg.data``, with its transforms."""
     d = cfg.data
     if train:
@@ -41,7 +42,7 @@ def build_dataset(cfg: Config, train: bool) -> Dataset:
         images = _need(d.train_images if train else d.val_images, f"data.{'train' if train else 'val'}_images")
         ann = _need(d.train_annotations if train else d.val_annotations,
                     f"data.{'train' if train else 'val'}_annotations")
-        ds = CocoDetection(images, ann, transforms=tf, skip_bad_images=d.skip_bad_images)
+        ds: DetectionDataset = CocoDetection(images, ann, transforms=tf, skip_bad_images=d.skip_bad_images)
     else:
         root = _need(d.voc_root, "data.voc_root")
         ds = VOCDetection(root, split=d.train_split if train else d.val_split,
@@ -66,9 +67,9 @@ class _Shard(torch.utils.data.Sampler[int]):
         return len(self.idx)
 
 
-def build_eval_loader(dataset: Dataset, cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+def build_eval_loader(dataset: DetectionDataset, cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
     """This process's share of ``dataset`` in batches of ``data.test_batch_size``."""
     return DataLoader(dataset, batch_size=cfg.data.test_batch_size,
-                      sampler=_Shard(len(dataset), rank, world_size),  # type: ignore[arg-type]
+                      sampler=_Shard(len(dataset), rank, world_size),
                       num_workers=cfg.data.num_workers,
                       collate_fn=collate)

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import warnings
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -130,7 +130,7 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         return _gray_to_rgb(_float_to_uint8(np.asarray(im)))
     if mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:  # some transparency: composite on white
+        if cast(tuple[int, int], rgba.getchannel("A").getextrema())[0] < 255:  # some transparency: composite on white
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             rgba = Image.alpha_composite(white, rgba)
         return np.array(rgba.convert("RGB"))

@@ -63,6 +63,9 @@ class DetectorSpec:
 class DetectorNetwork(nn.Module):
     """Normalize + pad + backbone + FPN + head of ``model`` (see the module docstring)."""
 
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
     def __init__(self, model: RetinaNet) -> None:
         super().__init__()
         self.backbone = model.backbone
@@ -131,7 +134,9 @@ class ExportableDetector(nn.Module):
         counts: List[int] = []
         for i, s in enumerate(self.strides):
             lh, lw = (ph + s - 1) // s, (pw + s - 1) // s
-            grid = grid_anchors(self.cell_anchors[i], float(s), self.offset, lh, lw).to(device, torch.float32)
+            # a buffer: the class annotation that would type it is a string TorchScript cannot resolve
+            cell = self.cell_anchors[i]  # type: ignore[index]
+            grid = grid_anchors(cell, float(s), self.offset, lh, lw).to(device, torch.float32)
             levels.append(grid)
             counts.append(grid.size(0))
         return torch.cat(levels, dim=0), counts

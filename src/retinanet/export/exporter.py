@@ -235,6 +235,7 @@ def _export_onnx(program: Any, out: Path, meta: Dict[str, Any]) -> None:  # prag
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=["images", "image_sizes"],
                                          output_names=["cls_logits", "box_deltas"])
+    assert onnx_program is not None  # dynamo=True always returns an ONNXProgram
     proto = onnx_program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = "retinanet", json.dumps(meta)

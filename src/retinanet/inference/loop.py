@@ -13,8 +13,9 @@ The model is run as given (eval mode for the loop, its training mode restored af
 from __future__ import annotations
 
 import logging
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, cast
 
 import torch
 from torch import nn
@@ -37,8 +38,8 @@ def predict_batches(model: nn.Module, loader: DataLoader, device: torch.device, 
     bar = None
     if progress and distributed.is_main():
         from tqdm import tqdm
-        bar = tqdm(total=len(loader.sampler) if hasattr(loader, "sampler") else None, desc=desc, unit="img",
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(cast(Sized, loader.sampler)) if hasattr(loader, "sampler") else None, desc=desc,
+                   unit="img", dynamic_ncols=True)
     try:
         with torch.inference_mode():
             for batch in loader:

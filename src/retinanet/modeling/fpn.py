@@ -64,6 +64,7 @@ class FPN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
+                assert m.bias is not None
                 nn.init.zeros_(m.bias)
 
     @property

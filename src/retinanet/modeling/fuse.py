@@ -19,7 +19,7 @@ ReLU.
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Optional, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,8 @@ __all__ = ["FusedConv2d", "fuse_for_inference"]
 
 _ACTS = (None, "relu", "relu6")
 
+M = TypeVar("M", bound=nn.Module)
+
 
 class FusedConv2d(nn.Module):
     """``act(conv(x) [+ residual])`` with a folded FrozenBatchNorm2d, for inference.
@@ -40,6 +42,9 @@ class FusedConv2d(nn.Module):
     is added before the activation (ResNet shortcut). ``act`` is None, ``"relu"`` or ``"relu6"``.
     Weights are buffers (nothing trainable).
     """
+
+    weight: Tensor
+    bias: Tensor
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[FrozenBatchNorm2d] = None, act: Optional[str] = None) -> None:
         super().__init__()
@@ -65,7 +70,7 @@ class FusedConv2d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = tuple(conv.kernel_size)
         self.stride = list(conv.stride)
-        self.padding = list(conv.padding)
+        self.padding = list(cast(tuple[int, ...], conv.padding))  # _plain_conv: not "same" / "valid"
         self.dilation = list(conv.dilation)
         self.groups = conv.groups
         self.act = act
@@ -90,7 +95,7 @@ class FusedBottleneck(nn.Module):
     """Inference form of :class:`~retinanet.modeling.resnet.Bottleneck` (and of ``BasicBlock`` when
     ``conv3`` is None): ``relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x))`` with BN folded."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: BasicBlock | Bottleneck) -> None:
         super().__init__()
         self.conv1 = FusedConv2d(block.conv1, _as_frozen_bn(block.bn1), "relu")
         self.conv2 = FusedConv2d(block.conv2, _as_frozen_bn(block.bn2), "relu")
@@ -99,7 +104,7 @@ class FusedBottleneck(nn.Module):
             self.conv3 = FusedConv2d(block.conv3, _as_frozen_bn(block.bn3), "relu")
         self.downsample: Optional[FusedConv2d] = None
         if block.downsample is not None:
-            self.downsample = FusedConv2d(block.downsample[0], _as_frozen_bn(block.downsample[1]))
+            self.downsample = FusedConv2d(cast(nn.Conv2d, block.downsample[0]), _as_frozen_bn(block.downsample[1]))
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -130,14 +135,16 @@ def _as_frozen_bn(m: nn.Module) -> FrozenBatchNorm2d:
     """A FrozenBatchNorm2d equivalent of a foldable BatchNorm (or the FrozenBatchNorm2d itself)."""
     if isinstance(m, FrozenBatchNorm2d):
         return m
-    if not _foldable(m):
+    if not (isinstance(m, nn.BatchNorm2d) and _foldable(m)):
         raise ValueError(f"cannot fold {m}: not a BatchNorm with running statistics")
-    f = FrozenBatchNorm2d(m.num_features, m.eps).to(m.running_mean.device)
+    mean, var = m.running_mean, m.running_var
+    assert mean is not None and var is not None  # _foldable: it tracks running statistics
+    f = FrozenBatchNorm2d(m.num_features, m.eps).to(mean.device)
     with torch.no_grad():
-        f.weight.copy_(m.weight if m.affine else torch.ones_like(m.running_mean))
-        f.bias.copy_(m.bias if m.affine else torch.zeros_like(m.running_mean))
-        f.running_mean.copy_(m.running_mean)
-        f.running_var.copy_(m.running_var)
+        f.weight.copy_(m.weight if m.affine else torch.ones_like(mean))
+        f.bias.copy_(m.bias if m.affine else torch.zeros_like(mean))
+        f.running_mean.copy_(mean)
+        f.running_var.copy_(var)
     return f
 
 
@@ -162,7 +169,7 @@ def _fuse_sequential(seq: nn.Sequential) -> None:
         if j < len(mods) and type(mods[j][1]) in (nn.ReLU, nn.ReLU6):
             act = "relu" if type(mods[j][1]) is nn.ReLU else "relu6"
             j += 1
-        seq._modules[name] = FusedConv2d(m, bn, act)
+        seq._modules[name] = FusedConv2d(cast(nn.Conv2d, m), bn, act)  # _plain_conv(m) holds
         for k in range(i + 1, j):
             seq._modules[mods[k][0]] = nn.Identity()
         i = j
@@ -186,7 +193,7 @@ def _fuse_tree(module: nn.Module) -> None:
             setattr(module, name, FusedConv2d(child))
 
 
-def fuse_for_inference(module: nn.Module, inplace: bool = False) -> nn.Module:
+def fuse_for_inference(module: M, inplace: bool = False) -> M:
     """The inference-fused form of ``module`` (see the module doc); eval mode, no gradients."""
     if not inplace:
         module = copy.deepcopy(module)

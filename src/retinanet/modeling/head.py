@@ -84,6 +84,7 @@ class RetinaNetClassificationHead(nn.Module):
         self.conv = _tower(in_channels, num_convs, norm)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         _init_normal(self)
+        assert self.cls_logits.bias is not None
         nn.init.constant_(self.cls_logits.bias, -math.log((1.0 - prior) / prior))
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:

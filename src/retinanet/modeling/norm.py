@@ -29,6 +29,11 @@ class FrozenBatchNorm2d(nn.Module):
     ``num_batches_tracked`` entry is ignored.
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -39,7 +44,7 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):  # type: ignore[override]
+                              unexpected_keys, error_msgs):
         state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -84,7 +89,7 @@ def fold_frozen_bn(bn: FrozenBatchNorm2d, weight: Tensor, bias: Optional[Tensor]
     return folded_weight, folded_bias
 
 
-def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: Tensor) -> Tensor:
+def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
     """``bn(conv(x))``; a :class:`FrozenBatchNorm2d` is folded into the conv's weights first (one pass
     over the output less, forward and backward). Any other norm (``nn.BatchNorm2d``, ``nn.Identity``)
     runs as is."""

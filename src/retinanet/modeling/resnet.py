@@ -78,8 +78,16 @@ class Bottleneck(nn.Module):
 class ResNet(Backbone):
     """ResNet / ResNeXt body (torchvision layout, no avgpool/fc). Returns outputs of layer2..layer4."""
 
-    def __init__(self, name: str, block: type, layers: Sequence[int], norm: str = "frozen_bn",
-                 groups: int = 1, width_per_group: int = 64) -> None:
+    conv1: nn.Module  # the stem's modules become FusedConv2d / Identity in an inference-fused copy
+    bn1: nn.Module
+    relu: nn.Module
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
+    def __init__(self, name: str, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
+                 norm: str = "frozen_bn", groups: int = 1, width_per_group: int = 64) -> None:
         super().__init__()
         self.name = name
         make_norm = norm_layer(norm)

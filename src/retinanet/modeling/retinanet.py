@@ -52,6 +52,9 @@ Images = Union[Tensor, Sequence[Tensor]]
 class RetinaNet(nn.Module):
     """Backbone + FPN + shared subnets, with its focal-loss training targets and post-processing."""
 
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
     def __init__(self, backbone: BackboneWithFPN, head: RetinaNetHead, anchor_generator: AnchorGenerator,
                  matcher: Matcher, box_coder: BoxCoder, postprocessor: PostProcessor, *,
                  pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
@@ -79,7 +82,7 @@ class RetinaNet(nn.Module):
         self.box_loss_weight = float(box_loss_weight)
         self.channels_last = bool(channels_last)
         if self.channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
         self.fused = False  # True for the inference-only copy made by fuse_for_inference()
 
     @classmethod

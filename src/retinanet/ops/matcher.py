@@ -137,7 +137,9 @@ class Matcher:
                 if g.numel() == 0:
                     continue
                 cols = an_t[:, s:s + chunk]
-                iou = iou_from_parts(*[cols[i][:, None] for i in range(5)], *[p[g, 0][None] for p in g_parts])
+                a = [cols[i][:, None] for i in range(5)]
+                b = [p[g, 0][None] for p in g_parts]
+                iou = iou_from_parts(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
                 hits.append(s + (iou == gt_best[g][None]).any(dim=1).nonzero().squeeze(1))
             if hits:
                 rescue = torch.cat(hits)

@@ -248,10 +248,10 @@ class Trainer:
             if distributed.is_main():
                 remove_stale_temporaries(self.out)
                 self._metrics.drop_rows_after(self.iteration)
-        elif distributed.is_main() and latest_checkpoint(self.out) is not None:
+        elif distributed.is_main() and (newest := latest_checkpoint(self.out)) is not None:
             log.warning("%s already holds checkpoints (newest: %s); this run starts from scratch and appends "
                         "to its metrics.jsonl. Use --resume to continue that run, or another train.output_dir",
-                        self.out, latest_checkpoint(self.out).name)
+                        self.out, newest.name)
         start = self.iteration
         previous_handlers = install_stop_handlers(self._stop)
         if cfg.train.tensorboard and distributed.is_main():
@@ -397,6 +397,7 @@ class Trainer:
         metrics = evaluate(self.model.fuse_for_inference(), loader, self.val_set, self.device,
                            results_path=results_path, progress=self.progress)
         if distributed.is_main() and metrics:
+            assert self._metrics is not None  # opened by train()
             row = {"iter": self.iteration, **{f"bbox/{k}": v for k, v in metrics.items()}}
             self._metrics.write(row)
             log.info("iteration %d: AP %.4f AP50 %.4f AP75 %.4f", self.iteration, metrics.get("AP", -1),

@@ -253,6 +253,7 @@ def render_scene(
         y, x, vis = spot
         tex = _contrast_fix(tex, alpha, layers.canvas[y: y + alpha.shape[0], x: x + alpha.shape[1]])
         box = _mask_box(alpha, y, x)
+        assert box is not None  # the mask has pixels >= 128 (checked above)
         layers.paint(alpha, tex, y, x, vis, len(boxes))
         boxes.append(box)
         labels.append(cls)
