@@ -31,3 +31,13 @@ def test_run_all_quick_writes_every_section_and_the_targets(tmp_path: Path) -> N
     text = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "summarize.py"), str(out)], check=True,
                           capture_output=True, text=True).stdout
     assert "### Targets (issue 5)" in text and "| default |" in text
+
+
+def test_bench_tuning_quick_measures_each_kept_tuning_against_its_fallback(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_tuning.py"), "--quick", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    reuse = json.loads(out.read_text())["modes"]["default"]["reuse"]["2,12000,80"]
+    assert reuse["reuse"]["cpu"]["n"] == reuse["no_reuse"]["cpu"]["n"] == 3
+    assert reuse["no_reuse"]["cpu_ratio"]["median"] > 0
+    assert reuse["reuse"]["peak_mb"] is None or reuse["reuse"]["peak_mb"] > 0

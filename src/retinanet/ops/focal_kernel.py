@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from retinanet.utils.tuning import softplus_into, storage_use_count
+from retinanet.utils.tuning import storage_use_count
 
 __all__ = ["fused_focal_loss", "release_buffers", "loss_dtype"]
 
@@ -100,7 +100,7 @@ def _core_chunk(
         ce = e.log1p_()
     else:
         q = torch.sigmoid(u, out=bufs.get(0, m, k))  # 1 - p_t
-        ce = softplus_into(u, bufs.get(1, m, k))  # -log p_t
+        ce = F.softplus(u)  # -log p_t
     scalar = not isinstance(scale, Tensor)
 
     if gamma == 0.0:
@@ -121,7 +121,7 @@ def _core_chunk(
     w = bufs.get(2, m, k)
     if gamma == 2.0:
         if scalar:
-            torch.addcmul(bufs.zero, q, q, value=scale, out=w)
+            torch.addcmul(bufs.zero, q, q, value=float(scale), out=w)
         else:
             torch.mul(q, q, out=w).mul_(scale)
     elif gamma == 1.0:
@@ -247,11 +247,13 @@ def _focal_kernel(
             lo = l2[r0:r1] if l2 is not None else (None if summed else bufs.get(9, m, k))
             go = None
             if want_grad:
+                assert g2 is not None
                 go = bufs.get(8, m, k) if cast_g else g2[r0:r1]
             lv, factor = _core_chunk(u, scale, gamma, bufs, lo, go)
             if go is not None:
                 go.mul_(sign)  # d/dx = d/du * du/dx, u = sign * x
                 if cast_g:
+                    assert g2 is not None
                     g2[r0:r1].copy_(go)
             if want_loss and summed:
                 acc += lv.sum() * factor
@@ -277,6 +279,7 @@ def _focal_kernel(
         lo = l2[r0:r1] if l2 is not None else (None if summed else bufs.get(9, m, k))
         go = None
         if want_grad:
+            assert g2 is not None
             go = bufs.get(4, m, k) if cast_g else g2[r0:r1]
         lv, factor = _core_chunk(xc, c_neg, gamma, bufs, lo, go)
         pa, pz = pb[ci], pb[ci + 1]
@@ -297,6 +300,7 @@ def _focal_kernel(
             if iz > ia:
                 go.index_fill_(0, iidx, 0.0)
             if cast_g:
+                assert g2 is not None
                 g2[r0:r1].copy_(go)
     if not want_loss:
         return None, grad
@@ -309,7 +313,7 @@ class _SigmoidFocalFn(torch.autograd.Function):
     """Focal loss with a hand-written backward (binary dense targets or class codes)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         logits: Tensor,
         targets: Tensor,
@@ -328,7 +332,7 @@ class _SigmoidFocalFn(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor):
         grad = ctx.stash
         ctx.stash = None  # handed over to autograd; a second backward recomputes
         if grad is None:

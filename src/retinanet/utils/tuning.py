@@ -1,6 +1,6 @@
 """Machine-specific tuning, in one place: the C allocator mode of the command-line tools and the
-private PyTorch calls of the focal-loss kernel, each behind a small function with a plain fallback.
-Their measured effect is in BENCHMARKS.md.
+private PyTorch call of the focal-loss kernel, each behind a small function with a plain fallback.
+Their measured effect is in BENCHMARKS.md ("Machine-specific tuning").
 
 ``configure_runtime("keep")`` asks glibc's allocator (through ``mallopt``) to keep freed memory in
 the process instead of handing it back to the operating system: big blocks come from the heap
@@ -10,10 +10,8 @@ otherwise costs a host fault, which can make an allocation-heavy step several ti
 ``"default"`` leaves the C library as it is. Libraries importing ``retinanet`` are never changed;
 only the CLI calls this. Nothing happens on non-glibc systems.
 
-``softplus_into(x, out)`` computes ``softplus(x)`` into a preallocated buffer through torch's private
-``out=`` overload (a new tensor where the build lacks it). ``storage_use_count(t)`` reads how many
-references share a tensor's storage (torch's private counter; ``None`` where the build lacks it), so a
-buffer can be reused only when nothing else holds it.
+``storage_use_count(t)`` reads how many references share a tensor's storage (torch's private
+counter; ``None`` where the build lacks it), so a buffer can be reused only when nothing else holds it.
 
 torch is imported on first use, so that the CLI can set the allocator mode before torch allocates.
 """
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["configure_runtime", "softplus_into", "storage_use_count"]
+__all__ = ["configure_runtime", "storage_use_count"]
 
 log = logging.getLogger("retinanet.runtime")
 
@@ -53,27 +51,6 @@ def configure_runtime(malloc: str = "keep") -> bool:
     ok &= bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))  # never trim the heap
     ok &= bool(mallopt(_M_TOP_PAD, 256 << 20))  # grow the heap in 256 MiB steps
     return ok
-
-
-@functools.lru_cache(maxsize=None)
-def _has_softplus_out() -> bool:
-    import torch
-
-    try:
-        x = torch.zeros(2)
-        return torch._C._nn.softplus(x, 1.0, 20.0, out=torch.empty(2)).shape == x.shape
-    except Exception:  # pragma: no cover - torch builds without the out= overload
-        return False
-
-
-def softplus_into(x: Tensor, out: Tensor) -> Tensor:
-    """``softplus(x)`` (beta 1, threshold 20, as ``F.softplus``) written into ``out`` (``x``'s shape and
-    dtype) when this torch build allows it, else a new tensor; use the returned tensor."""
-    import torch
-
-    if _has_softplus_out():
-        return torch._C._nn.softplus(x, 1.0, 20.0, out=out)
-    return torch.nn.functional.softplus(x)
 
 
 def _use_count(t: Tensor) -> int:
