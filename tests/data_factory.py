@@ -93,8 +93,10 @@ def make_coco(
 
 def voc_xml(filename: str, objects: Sequence[dict[str, Any]], w: int = W, h: int = H) -> str:
     """VOC annotation xml; objects: {"name", "box": (xmin, ymin, xmax, ymax) 1-based, "difficult"}."""
-    parts = [f"<annotation><folder>VOC</folder><filename>{filename}</filename>",
-             f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"]
+    parts = [
+        f"<annotation><folder>VOC</folder><filename>{filename}</filename>",
+        f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>",
+    ]
     for o in objects:
         x1, y1, x2, y2 = o["box"]
         parts.append(
@@ -172,8 +174,7 @@ def write_16bit_png(path: Path, values: Sequence[int]) -> Path:
 # ---------------------------------------------------------------------------------- learnable shapes
 
 #: the classes of :func:`shapes_coco`: (category id, name, RGB colour); each has its own shape too
-SHAPE_CLASSES = [(1, "red_square", (220, 40, 40)), (2, "green_disk", (40, 200, 60)),
-                 (3, "blue_cross", (50, 70, 230))]
+SHAPE_CLASSES = [(1, "red_square", (220, 40, 40)), (2, "green_disk", (40, 200, 60)), (3, "blue_cross", (50, 70, 230))]
 
 
 def _shape_mask(k: int, size: int, x: int, y: int, side: int) -> np.ndarray:
@@ -188,14 +189,22 @@ def _shape_mask(k: int, size: int, x: int, y: int, side: int) -> np.ndarray:
     return mask
 
 
-def shapes_coco(num_images: int, seed: int, prefix: str = "s", size: int = 64, sides: tuple[int, int] = (12, 28),
-                max_objects: int = 3) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def shapes_coco(
+    num_images: int,
+    seed: int,
+    prefix: str = "s",
+    size: int = 64,
+    sides: tuple[int, int] = (12, 28),
+    max_objects: int = 3,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A COCO dict of ``num_images`` square ``size`` px images (ids 1..n, files ``{prefix}NNN.png``),
     each with 1..``max_objects`` non-overlapping objects of :data:`SHAPE_CLASSES` (sides in ``sides``,
     tight boxes), and the images as uint8 [size, size, 3] arrays by file name (for :func:`make_coco`).
     Deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
-    images, anns, arrays = [], [], {}
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
     for i in range(num_images):
         img = rng.normal(128, 20, size=(size, size, 3)).clip(0, 255)
         taken = np.zeros((size, size), dtype=bool)  # objects and a 2 px margin around them
@@ -203,16 +212,24 @@ def shapes_coco(num_images: int, seed: int, prefix: str = "s", size: int = 64, s
             for _attempt in range(20):
                 side = int(rng.integers(sides[0], sides[1] + 1))
                 x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-                if not taken[y:y + side, x:x + side].any():
+                if not taken[y : y + side, x : x + side].any():
                     break
             else:
                 continue  # no free place found: one object fewer in this image
-            taken[max(0, y - 2):y + side + 2, max(0, x - 2):x + side + 2] = True
+            taken[max(0, y - 2) : y + side + 2, max(0, x - 2) : x + side + 2] = True
             k = int(rng.integers(len(SHAPE_CLASSES)))
             cid, _, rgb = SHAPE_CLASSES[k]
             img[_shape_mask(k, size, x, y, side)] = rgb
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cid, "bbox": [x, y, side, side],
-                         "area": side * side, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cid,
+                    "bbox": [x, y, side, side],
+                    "area": side * side,
+                    "iscrowd": 0,
+                }
+            )
         name = f"{prefix}{i:03d}.png"
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
         arrays[name] = img.astype(np.uint8)
