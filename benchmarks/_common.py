@@ -26,8 +26,13 @@ def setup(threads: int, malloc: str) -> None:
 
 def summarize(samples_s: list[float]) -> dict:
     ms = [s * 1e3 for s in samples_s]
-    return {"median_ms": round(statistics.median(ms), 3), "min_ms": round(min(ms), 3),
-            "max_ms": round(max(ms), 3), "n": len(ms), "samples_ms": [round(v, 2) for v in ms]}
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+        "n": len(ms),
+        "samples_ms": [round(v, 2) for v in ms],
+    }
 
 
 def time_fn(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
@@ -109,7 +114,15 @@ def machine_info() -> dict:
             load = f.read().split()[:3]
     except OSError:
         load = None
-    return {"cpu_model": cpu, "os_cpu_count": os.cpu_count(), "avx2": " avx2" in flags,
-            "avx512f": " avx512f" in flags, "torch": torch.__version__, "torch_cpu_capability": capability,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "mkldnn": bool(torch.backends.mkldnn.is_available()), "loadavg_at_start": load}
+    return {
+        "cpu_model": cpu,
+        "os_cpu_count": os.cpu_count(),
+        "avx2": " avx2" in flags,
+        "avx512f": " avx512f" in flags,
+        "torch": torch.__version__,
+        "torch_cpu_capability": capability,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "loadavg_at_start": load,
+    }

@@ -84,8 +84,14 @@ def matcher_worker(kind: str, num_gt: int, num_anchors: int) -> dict:
         out = matcher(box_iou(gt, anchors))
     dt = time.perf_counter() - t0
     peak = _status("VmHWM")
-    return {"kind": kind, "ms": dt * 1e3, "peak_extra_mb": (peak - rss0) / 2 ** 20, "hwm_reset": reset,
-            "fg": int((out >= 0).sum()), "ignored": int((out == -2).sum())}
+    return {
+        "kind": kind,
+        "ms": dt * 1e3,
+        "peak_extra_mb": (peak - rss0) / 2**20,
+        "hwm_reset": reset,
+        "fg": int((out >= 0).sum()),
+        "ignored": int((out == -2).sum()),
+    }
 
 
 def main(argv=None) -> dict:
@@ -95,8 +101,12 @@ def main(argv=None) -> dict:
     p.add_argument("--num-gt", type=int, default=500)
     p.add_argument("--num-anchors", type=int, default=200000)
     p.add_argument("--skip-naive", action="store_true", help="skip the full-matrix matcher (needs ~1.5 GB)")
-    p.add_argument("--malloc", choices=["default", "keep"], default="default",
-                   help="allocator mode (retinanet.utils.tuning.configure_runtime); the CLI uses keep")
+    p.add_argument(
+        "--malloc",
+        choices=["default", "keep"],
+        default="default",
+        help="allocator mode (retinanet.utils.tuning.configure_runtime); the CLI uses keep",
+    )
     p.add_argument("--json", default=None, help="write results here (default: print to stdout)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -109,33 +119,61 @@ def main(argv=None) -> dict:
         print(json.dumps(matcher_worker(args.worker, args.num_gt, args.num_anchors)))
         return {}
 
-    results: dict = {"torch": torch.__version__, "threads": args.threads, "malloc": args.malloc, "cpu": platform.processor() or
-                     platform.machine(), "cpus": os.cpu_count(), "nms": [], "matcher": []}
+    results: dict = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "malloc": args.malloc,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "nms": [],
+        "matcher": [],
+    }
     cases = [(1000, 80, True), (5000, 80, True), (5000, 80, False), (5000, 1, True), (5000, 1, False)]
     print(f"{'op':<12}{'boxes':>7}{'classes':>9}{'layout':>11}{'kept':>7}{'ms':>10}")
     for n, k, clustered in cases:
         b, s, idx = candidates(n, k, clustered)
-        for name, fn in (("batched_nms", lambda: batched_nms(b, s, idx, 0.5)),
-                         ("nms", lambda: nms(b, s, 0.5))):
+        for name, fn in (("batched_nms", lambda: batched_nms(b, s, idx, 0.5)), ("nms", lambda: nms(b, s, 0.5))):
             if name == "nms" and k != 80:
                 continue  # single class: nms == batched_nms
             ms = timed(fn, args.repeats)
             kept = int(fn().numel())
             layout = "clustered" if clustered else "uniform"
-            results["nms"].append({"op": name, "boxes": n, "classes": k if name == "batched_nms" else 1,
-                                   "layout": layout, "kept": kept, "ms": round(ms, 3)})
+            results["nms"].append(
+                {
+                    "op": name,
+                    "boxes": n,
+                    "classes": k if name == "batched_nms" else 1,
+                    "layout": layout,
+                    "kept": kept,
+                    "ms": round(ms, 3),
+                }
+            )
             print(f"{name:<12}{n:>7}{(k if name == 'batched_nms' else 1):>9}{layout:>11}{kept:>7}{ms:>10.2f}")
 
     kinds = ["chunked"] + ([] if args.skip_naive else ["naive"])
     print(f"\nmatcher {args.num_gt} gt x {args.num_anchors} anchors")
     for kind in kinds:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--threads", str(args.threads), "--malloc", args.malloc,
-               "--num-gt", str(args.num_gt), "--num-anchors", str(args.num_anchors)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            kind,
+            "--threads",
+            str(args.threads),
+            "--malloc",
+            args.malloc,
+            "--num-gt",
+            str(args.num_gt),
+            "--num-anchors",
+            str(args.num_anchors),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         results["matcher"].append(r)
-        print(f"  {kind:<8} {r['ms']:9.1f} ms   peak extra RSS {r['peak_extra_mb']:8.1f} MB   "
-              f"fg {r['fg']}  ignored {r['ignored']}")
+        print(
+            f"  {kind:<8} {r['ms']:9.1f} ms   peak extra RSS {r['peak_extra_mb']:8.1f} MB   "
+            f"fg {r['fg']}  ignored {r['ignored']}"
+        )
     if len(results["matcher"]) == 2:
         a, b = results["matcher"]
         if (a["fg"], a["ignored"]) != (b["fg"], b["ignored"]):

@@ -71,8 +71,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--malloc", choices=["default", "keep"], default="default",
-                    help="allocator mode (retinanet.utils.tuning.configure_runtime); the CLI uses keep")
+    ap.add_argument(
+        "--malloc",
+        choices=["default", "keep"],
+        default="default",
+        help="allocator mode (retinanet.utils.tuning.configure_runtime); the CLI uses keep",
+    )
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
 
@@ -159,15 +163,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "results": results,
     }
     print(f"focal loss sum, logits {list(shape)} float32, {args.threads} threads, {args.runs} runs")
-    print(f"{'variant':20s} {'fwd med':>8s} {'fwd min':>8s} {'f+b med':>8s} {'f+b min':>8s} "
-          f"{'x naive':>8s} {'mem MB':>8s} {'cold MB':>8s} {'mem x':>6s}")
+    print(
+        f"{'variant':20s} {'fwd med':>8s} {'fwd min':>8s} {'f+b med':>8s} {'f+b min':>8s} "
+        f"{'x naive':>8s} {'mem MB':>8s} {'cold MB':>8s} {'mem x':>6s}"
+    )
     for name, r in results.items():
         mem = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
         cold = "n/a" if r["peak_extra_cold_mb"] is None else f"{r['peak_extra_cold_mb']:.1f}"
         ratio = r.get("mem_ratio_cold_mb")
-        print(f"{name:20s} {r['fwd_ms_median']:8.1f} {r['fwd_ms_min']:8.1f} {r['fwd_bwd_ms_median']:8.1f} "
-              f"{r['fwd_bwd_ms_min']:8.1f} {r['speedup_fwd_bwd_median']:8.1f} {mem:>8s} {cold:>8s} "
-              f"{'n/a' if ratio is None else f'{ratio:.2f}':>6s}")
+        print(
+            f"{name:20s} {r['fwd_ms_median']:8.1f} {r['fwd_ms_min']:8.1f} {r['fwd_bwd_ms_median']:8.1f} "
+            f"{r['fwd_bwd_ms_min']:8.1f} {r['speedup_fwd_bwd_median']:8.1f} {mem:>8s} {cold:>8s} "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}':>6s}"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)

@@ -49,10 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import lifetime_peak_rss_mb, machine_info, peak_rss_mb, reset_peak_rss, rss_mb, setup, summarize, time_fn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from _common import (lifetime_peak_rss_mb, machine_info, peak_rss_mb, reset_peak_rss, rss_mb,  # noqa: E402
-                     setup, summarize, time_fn)
 
 SECTIONS = ("roofline", "infer", "post", "train")
 
@@ -119,8 +117,11 @@ def roofline(runs: int, warmup: int) -> dict:
         for name, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
             xx, ww = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
             s = summarize(time_fn(lambda: F.conv2d(xx, ww, b, padding=1), runs, warmup))
-            out[name] = {**s, "gflops_median": round(flops / s["median_ms"] / 1e6, 1),
-                         "gflops_best": round(flops / s["min_ms"] / 1e6, 1)}
+            out[name] = {
+                **s,
+                "gflops_median": round(flops / s["median_ms"] / 1e6, 1),
+                "gflops_best": round(flops / s["min_ms"] / 1e6, 1),
+            }
     out["plain_best_gflops_median"] = max(out["nchw"]["gflops_median"], out["channels_last"]["gflops_median"])
     return out
 
@@ -169,11 +170,18 @@ def bench_infer(size: tuple[int, int], runs: int, warmup: int) -> dict:
                 fwd_t.append(time.perf_counter() - t0)
             peak = peak_rss_mb()
         net, post, tot = summarize(net_t), summarize(post_t), summarize(tot_t)
-        r = {"preprocess": summarize(pre_t), "network": net, "post": post, "total": tot,
-             "forward_call": summarize(fwd_t),
-             "network_gflops": round(flops / net["median_ms"] / 1e6, 1),
-             "post_share_of_total": round(post["median_ms"] / tot["median_ms"], 4),
-             "detections": int(dets[0]["boxes"].shape[0]), "rss_before_mb": rss0, "peak_rss_mb": peak}
+        r = {
+            "preprocess": summarize(pre_t),
+            "network": net,
+            "post": post,
+            "total": tot,
+            "forward_call": summarize(fwd_t),
+            "network_gflops": round(flops / net["median_ms"] / 1e6, 1),
+            "post_share_of_total": round(post["median_ms"] / tot["median_ms"], 4),
+            "detections": int(dets[0]["boxes"].shape[0]),
+            "rss_before_mb": rss0,
+            "peak_rss_mb": peak,
+        }
         if ref_dets is None:
             ref_dets = dets2
         else:  # same detections as the unfused model
@@ -184,9 +192,12 @@ def bench_infer(size: tuple[int, int], runs: int, warmup: int) -> dict:
             r["max_score_diff_vs_unfused"] = float((a["scores"][:n] - b["scores"][:n]).abs().max()) if n else 0.0
             r["labels_equal_unfused"] = bool(torch.equal(a["labels"][:n], b["labels"][:n]))
         res[name] = r
-        print(f"[infer {h}x{w} {name}] total {tot['median_ms']:.1f} ms = network {net['median_ms']:.1f} "
-              f"+ post {post['median_ms']:.1f} (preprocess {r['preprocess']['median_ms']:.1f}); "
-              f"{r['network_gflops']} GFLOP/s; peak RSS {peak} MB", file=sys.stderr)
+        print(
+            f"[infer {h}x{w} {name}] total {tot['median_ms']:.1f} ms = network {net['median_ms']:.1f} "
+            f"+ post {post['median_ms']:.1f} (preprocess {r['preprocess']['median_ms']:.1f}); "
+            f"{r['network_gflops']} GFLOP/s; peak RSS {peak} MB",
+            file=sys.stderr,
+        )
     return res
 
 
@@ -229,18 +240,31 @@ def bench_post(size: tuple[int, int], runs: int, warmup: int) -> dict:
         sizes = level_sizes(model, feats)
         p = model.postprocessor
         for label, thresh in (("default", p.score_thresh), ("worst_case", 0.0)):
-            post = PostProcessor(model.box_coder, score_thresh=thresh, topk_candidates=p.topk_candidates,
-                                 nms_thresh=p.nms_thresh, detections_per_image=p.detections_per_image)
+            post = PostProcessor(
+                model.box_coder,
+                score_thresh=thresh,
+                topk_candidates=p.topk_candidates,
+                nms_thresh=p.nms_thresh,
+                detections_per_image=p.detections_per_image,
+            )
             stats: dict = {}
             with nms_probe(stats):
                 s = summarize(time_fn(lambda: post(cls, box, anchors, sizes, image_sizes), runs, warmup))
                 dets = post(cls, box, anchors, sizes, image_sizes)
-            nms = stats.get("nms_s", [])[warmup:warmup + runs]
-            out[label] = {"score_thresh": thresh, **s, "nms_median_ms": round(summarize(nms)["median_ms"], 3)
-                          if nms else None, "nms_in_boxes": stats.get("nms_boxes"),
-                          "nms_in_classes": stats.get("nms_groups"), "detections": int(dets[0]["boxes"].shape[0])}
-            print(f"[post {h}x{w} {label}] {s['median_ms']:.2f} ms, {stats.get('nms_boxes')} boxes "
-                  f"({stats.get('nms_groups')} classes) into NMS", file=sys.stderr)
+            nms = stats.get("nms_s", [])[warmup : warmup + runs]
+            out[label] = {
+                "score_thresh": thresh,
+                **s,
+                "nms_median_ms": round(summarize(nms)["median_ms"], 3) if nms else None,
+                "nms_in_boxes": stats.get("nms_boxes"),
+                "nms_in_classes": stats.get("nms_groups"),
+                "detections": int(dets[0]["boxes"].shape[0]),
+            }
+            print(
+                f"[post {h}x{w} {label}] {s['median_ms']:.2f} ms, {stats.get('nms_boxes')} boxes "
+                f"({stats.get('nms_groups')} classes) into NMS",
+                file=sys.stderr,
+            )
     return out
 
 
@@ -250,8 +274,9 @@ def random_targets(batch: int, size: int, boxes: int, num_classes: int, g: torch
     for _ in range(batch):
         wh = 16 + torch.rand(boxes, 2, generator=g) * (size * 0.4)
         xy = torch.rand(boxes, 2, generator=g) * (size - wh)
-        out.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, num_classes, (boxes,),
-                                                                                  generator=g)})
+        out.append(
+            {"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, num_classes, (boxes,), generator=g)}
+        )
     return out
 
 
@@ -309,22 +334,46 @@ def train_worker(size: int, batch: int, boxes: int, runs: int, warmup: int, roof
     flops = int(fc.get_total_flops())
     roof.append(roofline(roofline_runs, 1))
     step = summarize(tot)
-    res = {"size": size, "batch": batch, "boxes_per_image": boxes,
-           "trainable_params": sum(p.numel() for p in params),
-           "step": step, "forward_loss": summarize(fwd), "loss_computation": summarize(lss),
-           "backward": summarize(bwd), "optimizer": summarize(stp), "first_step_ms": round(first_step * 1e3, 1),
-           "loss_share_of_step": round(summarize(lss)["median_ms"] / step["median_ms"], 4),
-           "gflops_fwd_bwd": round(flops / 1e9, 1), "step_gflops": round(flops / step["median_ms"] / 1e6, 1),
-           "rss_after_model_mb": rss_model, "peak_rss_steps_mb": steps_peak,
-           "peak_rss_process_mb": lifetime_peak_rss_mb(), "roofline": combine_roofline(roof)}
+    res = {
+        "size": size,
+        "batch": batch,
+        "boxes_per_image": boxes,
+        "trainable_params": sum(p.numel() for p in params),
+        "step": step,
+        "forward_loss": summarize(fwd),
+        "loss_computation": summarize(lss),
+        "backward": summarize(bwd),
+        "optimizer": summarize(stp),
+        "first_step_ms": round(first_step * 1e3, 1),
+        "loss_share_of_step": round(summarize(lss)["median_ms"] / step["median_ms"], 4),
+        "gflops_fwd_bwd": round(flops / 1e9, 1),
+        "step_gflops": round(flops / step["median_ms"] / 1e6, 1),
+        "rss_after_model_mb": rss_model,
+        "peak_rss_steps_mb": steps_peak,
+        "peak_rss_process_mb": lifetime_peak_rss_mb(),
+        "roofline": combine_roofline(roof),
+    }
     res["step_roofline_ratio"] = round(res["step_gflops"] / res["roofline"]["roofline_gflops"], 3)
     return res
 
 
 def run_train_subprocess(args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "train", "--malloc", args.malloc,
-           "--threads", str(args.threads), "--train-runs", str(args.train_runs),
-           "--train-warmup", str(args.train_warmup), "--runs", str(args.runs)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "train",
+        "--malloc",
+        args.malloc,
+        "--threads",
+        str(args.threads),
+        "--train-runs",
+        str(args.train_runs),
+        "--train-warmup",
+        str(args.train_warmup),
+        "--runs",
+        str(args.runs),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"train worker failed:\n{p.stderr[-4000:]}")
@@ -342,8 +391,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--train-runs", type=int, default=3)
     ap.add_argument("--train-warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                    help="allocator mode (the CLI's default is keep)")
+    ap.add_argument(
+        "--malloc", choices=["keep", "default"], default="keep", help="allocator mode (the CLI's default is keep)"
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -359,8 +409,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if bad:
         raise SystemExit(f"unknown sections {sorted(bad)}; choose from {SECTIONS}")
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
-    out: dict = {"machine": machine_info(), "malloc": args.malloc, "threads": args.threads, "runs": args.runs,
-                 "warmup": args.warmup, "argv": sys.argv[1:]}
+    out: dict = {
+        "machine": machine_info(),
+        "malloc": args.malloc,
+        "threads": args.threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "argv": sys.argv[1:],
+    }
     roof: list[dict] = []
     if "roofline" in sections or "infer" in sections:
         roof.append(roofline(args.runs, args.warmup))
@@ -379,10 +435,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if "train" in sections:
         out["train"] = run_train_subprocess(args)
         t = out["train"]
-        print(f"[train 512 b2] step {t['step']['median_ms']:.0f} ms (fwd+loss {t['forward_loss']['median_ms']:.0f}, "
-              f"loss {t['loss_computation']['median_ms']:.0f}, bwd {t['backward']['median_ms']:.0f}, opt "
-              f"{t['optimizer']['median_ms']:.0f}); {t['step_gflops']} GFLOP/s = {t['step_roofline_ratio']} of "
-              f"roofline; peak RSS {t['peak_rss_process_mb']} MB", file=sys.stderr)
+        print(
+            f"[train 512 b2] step {t['step']['median_ms']:.0f} ms (fwd+loss {t['forward_loss']['median_ms']:.0f}, "
+            f"loss {t['loss_computation']['median_ms']:.0f}, bwd {t['backward']['median_ms']:.0f}, opt "
+            f"{t['optimizer']['median_ms']:.0f}); {t['step_gflops']} GFLOP/s = {t['step_roofline_ratio']} of "
+            f"roofline; peak RSS {t['peak_rss_process_mb']} MB",
+            file=sys.stderr,
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)

@@ -68,15 +68,14 @@ def timed_block(fn: Callable[[], object]) -> tuple[float, float, int]:
     return wall, time.process_time() - c0, minor_faults() - f0
 
 
-def interleaved(variants: dict[str, Callable[[], object]], setters: dict[str, Callable[[], None]],
-                reps: int) -> dict:
+def interleaved(variants: dict[str, Callable[[], object]], setters: dict[str, Callable[[], None]], reps: int) -> dict:
     """Alternate the variants (rotated order) ``reps`` times; ratios are against the first variant."""
     names = list(variants)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     faults: dict[str, list[int]] = {n: [] for n in names}
     for r in range(reps):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             setters[n]()
             w, c, f = timed_block(variants[n])
             wall[n].append(w)
@@ -86,8 +85,11 @@ def interleaved(variants: dict[str, Callable[[], object]], setters: dict[str, Ca
     ref = names[0]
     out = {}
     for n in names:
-        out[n] = {"wall": summarize(wall[n]), "cpu": summarize(cpu[n]),
-                  "minor_faults_median": statistics.median(faults[n])}
+        out[n] = {
+            "wall": summarize(wall[n]),
+            "cpu": summarize(cpu[n]),
+            "minor_faults_median": statistics.median(faults[n]),
+        }
         if n != ref:
             out[n]["wall_ratio"] = quartiles([a / b for a, b in zip(wall[n], wall[ref])])
             out[n]["cpu_ratio"] = quartiles([a / b for a, b in zip(cpu[n], cpu[ref])])
@@ -187,17 +189,32 @@ def bench_malloc(shape: tuple[int, ...], rounds: int, runs: int, threads: int) -
     """Alternate child processes default / keep (order swapped every round); ratio default / keep."""
     per_mode: dict[str, list[dict]] = {"default": [], "keep": []}
     for r in range(rounds):
-        for mode in (("default", "keep") if r % 2 == 0 else ("keep", "default")):
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "malloc", "--malloc", mode,
-                   "--threads", str(threads), "--shapes", ",".join(map(str, shape)), "--reps", str(runs)]
+        for mode in ("default", "keep") if r % 2 == 0 else ("keep", "default"):
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                "malloc",
+                "--malloc",
+                mode,
+                "--threads",
+                str(threads),
+                "--shapes",
+                ",".join(map(str, shape)),
+                "--reps",
+                str(runs),
+            ]
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             per_mode[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
     out = {}
     for name in per_mode["default"][0]:
         d = [m[name] for m in per_mode["default"]]
         k = [m[name] for m in per_mode["keep"]]
-        out[name] = {"default_ms": [round(v, 1) for v in d], "keep_ms": [round(v, 1) for v in k],
-                     "default_over_keep": quartiles([a / b for a, b in zip(d, k)])}
+        out[name] = {
+            "default_ms": [round(v, 1) for v in d],
+            "keep_ms": [round(v, 1) for v in k],
+            "default_over_keep": quartiles([a / b for a, b in zip(d, k)]),
+        }
     return out
 
 
@@ -211,21 +228,27 @@ def ratio_text(r: dict) -> str:
 
 
 def report(res: dict) -> None:
-    print(f"bench_tuning: {res['threads']} thread(s), {res['reps']} interleaved repetitions; ratios are "
-          f"median [q25, q75] of per-repetition ratios; load {res['machine']['loadavg_at_start']} -> "
-          f"{res['loadavg_at_end']}")
+    print(
+        f"bench_tuning: {res['threads']} thread(s), {res['reps']} interleaved repetitions; ratios are "
+        f"median [q25, q75] of per-repetition ratios; load {res['machine']['loadavg_at_start']} -> "
+        f"{res['loadavg_at_end']}"
+    )
     for mode, run in res["modes"].items():
         for shape, r in run["reuse"].items():
             nr = r["no_reuse"]
-            print(f"[{mode}] reuse {shape}: reuse {r['reuse']['wall']['median_ms']:.1f} ms wall / "
-                  f"{r['reuse']['cpu']['median_ms']:.1f} ms cpu, {r['reuse']['minor_faults_median']:.0f} faults; "
-                  f"no reuse {nr['wall']['median_ms']:.1f} / {nr['cpu']['median_ms']:.1f} ms, "
-                  f"{nr['minor_faults_median']:.0f} faults; no_reuse / reuse: wall {ratio_text(nr['wall_ratio'])} "
-                  f"cpu {ratio_text(nr['cpu_ratio'])}; RSS held {r['reuse']['held_mb']} vs {nr['held_mb']} MB, "
-                  f"peak {r['reuse']['peak_mb']} vs {nr['peak_mb']} MB")
+            print(
+                f"[{mode}] reuse {shape}: reuse {r['reuse']['wall']['median_ms']:.1f} ms wall / "
+                f"{r['reuse']['cpu']['median_ms']:.1f} ms cpu, {r['reuse']['minor_faults_median']:.0f} faults; "
+                f"no reuse {nr['wall']['median_ms']:.1f} / {nr['cpu']['median_ms']:.1f} ms, "
+                f"{nr['minor_faults_median']:.0f} faults; no_reuse / reuse: wall {ratio_text(nr['wall_ratio'])} "
+                f"cpu {ratio_text(nr['cpu_ratio'])}; RSS held {r['reuse']['held_mb']} vs {nr['held_mb']} MB, "
+                f"peak {r['reuse']['peak_mb']} vs {nr['peak_mb']} MB"
+            )
     for name, r in res.get("malloc", {}).items():
-        print(f"malloc {name}: default {r['default_ms']} ms, keep {r['keep_ms']} ms; default / keep "
-              f"{ratio_text(r['default_over_keep'])}")
+        print(
+            f"malloc {name}: default {r['default_ms']} ms, keep {r['keep_ms']} ms; default / keep "
+            f"{ratio_text(r['default_over_keep'])}"
+        )
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -240,8 +263,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--worker", choices=["mode", "malloc"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
-    shapes = [tuple(int(v) for v in s.split(",")) for s in
-              (args.shapes or ("2,12000,80" if args.quick else "2,120000,80")).split(";")]
+    shapes = [
+        tuple(int(v) for v in s.split(","))
+        for s in (args.shapes or ("2,12000,80" if args.quick else "2,120000,80")).split(";")
+    ]
     reps = args.reps or (3 if args.quick else 20)
 
     if args.worker:
@@ -252,15 +277,32 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     modes = (args.modes or ("default" if args.quick else "keep,default")).split(",")
     rounds = args.malloc_rounds if args.malloc_rounds is not None else (0 if args.quick else 3)
-    res: dict = {"threads": args.threads, "reps": reps, "shapes": [list(s) for s in shapes], "modes": {},
-                 "machine": machine_info()}
+    res: dict = {
+        "threads": args.threads,
+        "reps": reps,
+        "shapes": [list(s) for s in shapes],
+        "modes": {},
+        "machine": machine_info(),
+    }
     if modes == ["default"]:
         setup(args.threads, "default")
         res["modes"]["default"] = run_mode(shapes, reps)
     else:
         for mode in modes:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "mode", "--malloc", mode, "--threads",
-                   str(args.threads), "--shapes", ";".join(",".join(map(str, s)) for s in shapes), "--reps", str(reps)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                "mode",
+                "--malloc",
+                mode,
+                "--threads",
+                str(args.threads),
+                "--shapes",
+                ";".join(",".join(map(str, s)) for s in shapes),
+                "--reps",
+                str(reps),
+            ]
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             res["modes"][mode] = json.loads(done.stdout.strip().splitlines()[-1])
         torch.set_num_threads(args.threads)

@@ -50,8 +50,14 @@ def run(cmd: list[str], env: Optional[dict] = None, cwd: Optional[str] = None) -
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
     dt = time.perf_counter() - t0
-    LOADS.append({"cmd": os.path.basename(cmd[1]) + " " + " ".join(cmd[2:4]), "load_before": before,
-                  "load_after": loadavg(), "wall_s": round(dt, 1)})
+    LOADS.append(
+        {
+            "cmd": os.path.basename(cmd[1]) + " " + " ".join(cmd[2:4]),
+            "load_before": before,
+            "load_after": loadavg(),
+            "wall_s": round(dt, 1),
+        }
+    )
     return dt
 
 
@@ -65,9 +71,16 @@ def target(name: str, value: Optional[float], goal: float, kind: str, unit: str 
     if value is None:
         return {"target": name, "value": None, "goal": goal, "met": None, "note": note}
     met = value >= goal if kind == "min" else value <= goal
-    return {"target": name, "value": round(value, 4), "goal": goal, "kind": f"{'>=' if kind == 'min' else '<='}",
-            "unit": unit, "ratio_to_goal": round(value / goal, 3) if goal else None, "met": bool(met),
-            "note": note}
+    return {
+        "target": name,
+        "value": round(value, 4),
+        "goal": goal,
+        "kind": f"{'>=' if kind == 'min' else '<='}",
+        "unit": unit,
+        "ratio_to_goal": round(value / goal, 3) if goal else None,
+        "met": bool(met),
+        "note": note,
+    }
 
 
 def evaluate_targets(res: dict) -> list[dict]:
@@ -77,41 +90,83 @@ def evaluate_targets(res: dict) -> list[dict]:
     if main_run is None:
         return out
     f = main_run["focal"]["results"]
-    naive, ours = f["naive"], f["ours_int"]
+    ours = f["ours_int"]
     out.append(target("focal fwd+bwd speedup vs naive (keep)", ours["speedup_fwd_bwd_median"], 10.0, "min", "x"))
     if default is not None:
         fd = default["focal"]["results"]
-        out.append(target("focal fwd+bwd speedup vs naive (default)", fd["ours_int"]["speedup_fwd_bwd_median"],
-                          10.0, "min", "x"))
+        out.append(
+            target(
+                "focal fwd+bwd speedup vs naive (default)", fd["ours_int"]["speedup_fwd_bwd_median"], 10.0, "min", "x"
+            )
+        )
         mem = fd["ours_int"].get("mem_ratio_cold_mb")
-        out.append(target("focal peak extra memory / naive (default, first call incl. gradient buffer)", mem,
-                          0.2, "max", "x"))
-        out.append(target("focal peak extra memory / naive (default, steady state)",
-                          fd["ours_int"].get("mem_ratio_mb"), 0.2, "max", "x"))
+        out.append(
+            target("focal peak extra memory / naive (default, first call incl. gradient buffer)", mem, 0.2, "max", "x")
+        )
+        out.append(
+            target(
+                "focal peak extra memory / naive (default, steady state)",
+                fd["ours_int"].get("mem_ratio_mb"),
+                0.2,
+                "max",
+                "x",
+            )
+        )
     m = main_run["model"]
     for size, r in m.get("infer", {}).items():
-        out.append(target(f"inference network GFLOP/s / conv roofline, {size} (fused)",
-                          r["fused"]["network_roofline_ratio"], 0.90, "min", "x",
-                          note=f"unfused model: {r['unfused']['network_roofline_ratio']}; peer 0.69"))
+        out.append(
+            target(
+                f"inference network GFLOP/s / conv roofline, {size} (fused)",
+                r["fused"]["network_roofline_ratio"],
+                0.90,
+                "min",
+                "x",
+                note=f"unfused model: {r['unfused']['network_roofline_ratio']}; peer 0.69",
+            )
+        )
     if "800x1333" in m.get("infer", {}):
         r = m["infer"]["800x1333"]["fused"]
         out.append(target("post-processing share of total, 800x1333", r["post_share_of_total"], 0.02, "max", "x"))
     for size, p in m.get("post", {}).items():
-        out.append(target(f"post-processing worst case (score_thresh 0, {p['worst_case']['nms_in_boxes']} boxes, "
-                          f"{p['worst_case']['nms_in_classes']} classes into NMS), {size}",
-                          p["worst_case"]["median_ms"], 30.0, "max", "ms"))
+        out.append(
+            target(
+                f"post-processing worst case (score_thresh 0, {p['worst_case']['nms_in_boxes']} boxes, "
+                f"{p['worst_case']['nms_in_classes']} classes into NMS), {size}",
+                p["worst_case"]["median_ms"],
+                30.0,
+                "max",
+                "ms",
+            )
+        )
     t = m.get("train")
     if t:
         out.append(target("training step GFLOP/s / conv roofline", t["step_roofline_ratio"], 0.80, "min", "x"))
-        out.append(target("loss computation (matching + losses) share of step", t["loss_share_of_step"], 0.05,
-                          "max", "x"))
+        out.append(
+            target("loss computation (matching + losses) share of step", t["loss_share_of_step"], 0.05, "max", "x")
+        )
     td = default["model"].get("train") if default is not None else None
     if td:
-        out.append(target("training step peak RSS, default malloc (MB)", td["peak_rss_process_mb"], 2100.0, "max",
-                          "MB", note="2.1 GB; peer 2788 MB"))
+        out.append(
+            target(
+                "training step peak RSS, default malloc (MB)",
+                td["peak_rss_process_mb"],
+                2100.0,
+                "max",
+                "MB",
+                note="2.1 GB; peer 2788 MB",
+            )
+        )
     if keep is not None and keep["model"].get("train"):
-        out.append(target("training step peak RSS, keep malloc (MB)", keep["model"]["train"]["peak_rss_process_mb"],
-                          2100.0, "max", "MB", note="keep retains freed memory, RSS is not comparable"))
+        out.append(
+            target(
+                "training step peak RSS, keep malloc (MB)",
+                keep["model"]["train"]["peak_rss_process_mb"],
+                2100.0,
+                "max",
+                "MB",
+                note="keep retains freed memory, RSS is not comparable",
+            )
+        )
     return out
 
 
@@ -129,8 +184,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     skip = set(s for s in args.skip.split(",") if s)
     py = sys.executable
     tmp = tempfile.mkdtemp(prefix="retinanet_bench_")
-    res: dict = {"machine": machine_info(), "command": " ".join([os.path.relpath(py), *sys.argv]),
-                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "modes": {}, "cli_malloc_mode": "keep"}
+    res: dict = {
+        "machine": machine_info(),
+        "command": " ".join([os.path.relpath(py), *sys.argv]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "modes": {},
+        "cli_malloc_mode": "keep",
+    }
     sizes = "256x256,320x512" if args.quick else "512x512,800x1333"
     runs = 2 if args.quick else args.runs
     focal_shape = "2,12000,80" if args.quick else "2,120000,80"
@@ -138,22 +198,55 @@ def main(argv: Optional[list[str]] = None) -> dict:
         r: dict = {"wall_s": {}}
         if "model" not in skip:
             out = os.path.join(tmp, f"model_{mode}.json")
-            cmd = [py, os.path.join(HERE, "bench_model.py"), "--malloc", mode, "--sizes", sizes, "--runs", str(runs),
-                   "--threads", str(args.threads), "--out", out]
+            cmd = [
+                py,
+                os.path.join(HERE, "bench_model.py"),
+                "--malloc",
+                mode,
+                "--sizes",
+                sizes,
+                "--runs",
+                str(runs),
+                "--threads",
+                str(args.threads),
+                "--out",
+                out,
+            ]
             if args.quick:
                 cmd += ["--train-runs", "1", "--train-warmup", "0"]
             r["wall_s"]["model"] = run(cmd)
             r["model"] = load(out)
         if "focal" not in skip:
             out = os.path.join(tmp, f"focal_{mode}.json")
-            r["wall_s"]["focal"] = run([py, os.path.join(HERE, "bench_focal.py"), "--malloc", mode, "--shape",
-                                        focal_shape, "--runs", str(runs), "--threads", str(args.threads),
-                                        "--out", out])
+            r["wall_s"]["focal"] = run(
+                [
+                    py,
+                    os.path.join(HERE, "bench_focal.py"),
+                    "--malloc",
+                    mode,
+                    "--shape",
+                    focal_shape,
+                    "--runs",
+                    str(runs),
+                    "--threads",
+                    str(args.threads),
+                    "--out",
+                    out,
+                ]
+            )
             r["focal"] = load(out)
         if "boxes" not in skip:
             out = os.path.join(tmp, f"boxes_{mode}.json")
-            cmd = [py, os.path.join(HERE, "bench_boxes.py"), "--malloc", mode, "--threads", str(args.threads),
-                   "--json", out]
+            cmd = [
+                py,
+                os.path.join(HERE, "bench_boxes.py"),
+                "--malloc",
+                mode,
+                "--threads",
+                str(args.threads),
+                "--json",
+                out,
+            ]
             if args.quick:
                 cmd += ["--repeats", "3", "--num-anchors", "20000", "--num-gt", "50"]
             r["wall_s"]["boxes"] = run(cmd)
@@ -163,10 +256,26 @@ def main(argv: Optional[list[str]] = None) -> dict:
             env = dict(os.environ)
             if args.peer_pythonpath:
                 env["PYTHONPATH"] = args.peer_pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-            cmd = [py, os.path.join(os.path.abspath(args.peer), "bench_torchvision.py"), "--sizes", sizes,
-                   "--runs", str(runs), "--warmup", "1", "--stress-runs", str(runs), "--train-runs",
-                   "1" if args.quick else "3", "--train-warmup", "0" if args.quick else "1", "--malloc", mode,
-                   "--out", out]
+            cmd = [
+                py,
+                os.path.join(os.path.abspath(args.peer), "bench_torchvision.py"),
+                "--sizes",
+                sizes,
+                "--runs",
+                str(runs),
+                "--warmup",
+                "1",
+                "--stress-runs",
+                str(runs),
+                "--train-runs",
+                "1" if args.quick else "3",
+                "--train-warmup",
+                "0" if args.quick else "1",
+                "--malloc",
+                mode,
+                "--out",
+                out,
+            ]
             r["wall_s"]["peer"] = run(cmd, env=env, cwd=os.path.abspath(args.peer))
             r["peer"] = load(out)
         res["modes"][mode] = r

@@ -1,6 +1,6 @@
 """Print the tables of BENCHMARKS.md from a run_all.py result file.
 
-    python benchmarks/summarize.py benchmarks/results.json
+python benchmarks/summarize.py benchmarks/results.json
 """
 
 from __future__ import annotations
@@ -20,23 +20,29 @@ def f(v, nd=1):
 def main(path: str) -> None:
     res = json.load(open(path))
     m = res["machine"]
-    print(f"Machine: {m['cpu_model']}, {m['os_cpu_count']} vCPUs, torch {m['torch']} ({m['torch_cpu_capability']}), "
-          f"Python {m['python']}; run {res['started']} .. {res['finished']}; load at start {m['loadavg_at_start']}")
+    print(
+        f"Machine: {m['cpu_model']}, {m['os_cpu_count']} vCPUs, torch {m['torch']} ({m['torch_cpu_capability']}), "
+        f"Python {m['python']}; run {res['started']} .. {res['finished']}; load at start {m['loadavg_at_start']}"
+    )
     print(f"Command: `{res['command']}`\n")
     modes = res["modes"]
 
     print("### Inference, R50-FPN, batch 1, 2 threads (median ms)\n")
-    print("| malloc | input (padded) | model | total | network | post | post share | GFLOPs | network GFLOP/s "
-          "| / roofline | peak RSS MB |")
+    print(
+        "| malloc | input (padded) | model | total | network | post | post share | GFLOPs | network GFLOP/s "
+        "| / roofline | peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, r in modes.items():
         for size, v in r.get("model", {}).get("infer", {}).items():
             for var in ("unfused", "fused"):
                 x = v[var]
-                print(f"| {mode} | {v['input']} ({v['padded']}) | {var} | **{f(x['total']['median_ms'])}** | "
-                      f"{f(x['network']['median_ms'])} | {f(x['post']['median_ms'])} | "
-                      f"{f(100 * x['post_share_of_total'], 2)}% | {v['gflops']} | {x['network_gflops']} | "
-                      f"**{x.get('network_roofline_ratio')}** | {x['peak_rss_mb']} |")
+                print(
+                    f"| {mode} | {v['input']} ({v['padded']}) | {var} | **{f(x['total']['median_ms'])}** | "
+                    f"{f(x['network']['median_ms'])} | {f(x['post']['median_ms'])} | "
+                    f"{f(100 * x['post_share_of_total'], 2)}% | {v['gflops']} | {x['network_gflops']} | "
+                    f"**{x.get('network_roofline_ratio')}** | {x['peak_rss_mb']} |"
+                )
     print()
     print("### Roofline: F.conv2d 3x3 256->256 on 1x256x100x100 (median GFLOP/s, start / end of the run)\n")
     print("| malloc | NCHW | channels_last | oneDNN packed | roofline used |")
@@ -58,26 +64,34 @@ def main(path: str) -> None:
         for size, p in r.get("model", {}).get("post", {}).items():
             for case in ("default", "worst_case"):
                 x = p[case]
-                print(f"| {mode} | {size} | {x['score_thresh']} | **{f(x['median_ms'], 2)}** | {f(x['nms_median_ms'], 2)} "
-                      f"| {x['nms_in_boxes']} ({x['nms_in_classes']}) | {x['detections']} |")
+                print(
+                    f"| {mode} | {size} | {x['score_thresh']} | **{f(x['median_ms'], 2)}** "
+                    f"| {f(x['nms_median_ms'], 2)} "
+                    f"| {x['nms_in_boxes']} ({x['nms_in_classes']}) | {x['detections']} |"
+                )
     print()
     print("### Training step, R50-FPN, 512x512, batch 2, 5 boxes per image (median ms)\n")
-    print("| malloc | step | forward+loss | of which matching+losses | backward | optimizer | loss share | "
-          "GFLOP fwd+bwd | GFLOP/s | / roofline | peak RSS MB (process) | first step |")
+    print(
+        "| malloc | step | forward+loss | of which matching+losses | backward | optimizer | loss share | "
+        "GFLOP fwd+bwd | GFLOP/s | / roofline | peak RSS MB (process) | first step |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, r in modes.items():
         t = r.get("model", {}).get("train")
         if not t:
             continue
-        print(f"| {mode} | **{f(t['step']['median_ms'], 0)}** | {f(t['forward_loss']['median_ms'], 0)} | "
-              f"{f(t['loss_computation']['median_ms'], 0)} | {f(t['backward']['median_ms'], 0)} | "
-              f"{f(t['optimizer']['median_ms'], 0)} | {f(100 * t['loss_share_of_step'], 2)}% | {t['gflops_fwd_bwd']} | "
-              f"{t['step_gflops']} | **{t['step_roofline_ratio']}** (roofline {t['roofline']['roofline_gflops']}) | "
-              f"**{t['peak_rss_process_mb']}** | {t['first_step_ms']} |")
+        print(
+            f"| {mode} | **{f(t['step']['median_ms'], 0)}** | {f(t['forward_loss']['median_ms'], 0)} | "
+            f"{f(t['loss_computation']['median_ms'], 0)} | {f(t['backward']['median_ms'], 0)} | "
+            f"{f(t['optimizer']['median_ms'], 0)} | {f(100 * t['loss_share_of_step'], 2)}% | {t['gflops_fwd_bwd']} | "
+            f"{t['step_gflops']} | **{t['step_roofline_ratio']}** (roofline {t['roofline']['roofline_gflops']}) | "
+            f"**{t['peak_rss_process_mb']}** | {t['first_step_ms']} |"
+        )
     print()
     print("### Focal loss, logits 2 x 120000 x 80, 1% positives, reduction sum (median ms)\n")
-    print("| malloc | variant | forward | fwd+bwd | x naive (fwd+bwd) | peak extra MB (steady / first call) | "
-          "/ naive |")
+    print(
+        "| malloc | variant | forward | fwd+bwd | x naive (fwd+bwd) | peak extra MB (steady / first call) | / naive |"
+    )
     print("|---|---|---|---|---|---|---|")
     for mode, r in modes.items():
         fr = r.get("focal", {}).get("results", {})
@@ -85,9 +99,11 @@ def main(path: str) -> None:
             if name not in fr:
                 continue
             x = fr[name]
-            print(f"| {mode} | {name} | {f(x['fwd_ms_median'])} | **{f(x['fwd_bwd_ms_median'])}** | "
-                  f"{f(x['speedup_fwd_bwd_median'])} | {f(x['peak_extra_mb'])} / {f(x['peak_extra_cold_mb'])} | "
-                  f"{f(x.get('mem_ratio_mb'), 3)} / {f(x.get('mem_ratio_cold_mb'), 3)} |")
+            print(
+                f"| {mode} | {name} | {f(x['fwd_ms_median'])} | **{f(x['fwd_bwd_ms_median'])}** | "
+                f"{f(x['speedup_fwd_bwd_median'])} | {f(x['peak_extra_mb'])} / {f(x['peak_extra_cold_mb'])} | "
+                f"{f(x.get('mem_ratio_mb'), 3)} / {f(x.get('mem_ratio_cold_mb'), 3)} |"
+            )
     print()
     print("### Matching and NMS (bench_boxes)\n")
     print("| malloc | case | ms | peak extra RSS MB |")
@@ -99,7 +115,9 @@ def main(path: str) -> None:
         for x in b["matcher"]:
             print(f"| {mode} | matcher {x['kind']} 500 gt x 200000 anchors | {f(x['ms'])} | {f(x['peak_extra_mb'])} |")
         for x in b["nms"]:
-            print(f"| {mode} | {x['op']} {x['boxes']} boxes, {x['classes']} classes, {x['layout']} | {f(x['ms'], 2)} | |")
+            print(
+                f"| {mode} | {x['op']} {x['boxes']} boxes, {x['classes']} classes, {x['layout']} | {f(x['ms'], 2)} | |"
+            )
     print()
     if any("peer" in r for r in modes.values()):
         print("### Side by side with the torchvision peer, same session (median ms)\n")
@@ -114,38 +132,52 @@ def main(path: str) -> None:
                 size = f"{e['image_hw'][0]}x{e['image_hw'][1]}"
                 o = ours.get("infer", {}).get(size, {}).get("fused")
                 if o:
-                    for label, a, b in (("total", o["total"]["median_ms"], e["total"]["median_ms"]),
-                                        ("network", o["network"]["median_ms"],
-                                         e["groups_median_ms"]["network_backbone_fpn_head"]),
-                                        ("post-processing", o["post"]["median_ms"],
-                                         e["groups_median_ms"]["postprocess_anchors_decode_nms"])):
+                    for label, a, b in (
+                        ("total", o["total"]["median_ms"], e["total"]["median_ms"]),
+                        ("network", o["network"]["median_ms"], e["groups_median_ms"]["network_backbone_fpn_head"]),
+                        (
+                            "post-processing",
+                            o["post"]["median_ms"],
+                            e["groups_median_ms"]["postprocess_anchors_decode_nms"],
+                        ),
+                    ):
                         print(f"| {mode} | eval {size} {label} | {f(a)} | {f(b)} | {f(b / a, 2)} |")
                     print(f"| {mode} | eval {size} peak RSS MB | {o['peak_rss_mb']} | {e['peak_rss_mb']} | |")
                 st = e.get("postprocess_stress")
                 po = ours.get("post", {}).get(size, {}).get("worst_case")
                 if st and po:
                     a, b = po["median_ms"], st["postprocess_detections"]["median_ms"]
-                    print(f"| {mode} | post worst case {size} (score 0, {po['nms_in_boxes']} / {st['nms_input_boxes']} "
-                          f"boxes into NMS) | {f(a, 2)} | {f(b, 2)} | {f(b / a, 1)} |")
+                    print(
+                        f"| {mode} | post worst case {size} (score 0, {po['nms_in_boxes']} / {st['nms_input_boxes']} "
+                        f"boxes into NMS) | {f(a, 2)} | {f(b, 2)} | {f(b / a, 1)} |"
+                    )
             t, pt = ours.get("train"), p.get("train")
             if t and pt:
-                for label, a, b in (("train step", t["step"]["median_ms"], pt["step_total"]["median_ms"]),
-                                    ("train forward+loss", t["forward_loss"]["median_ms"],
-                                     pt["forward_with_loss"]["median_ms"]),
-                                    ("train matching+losses", t["loss_computation"]["median_ms"],
-                                     pt["forward_stages_median_ms"].get("compute_loss")),
-                                    ("train backward", t["backward"]["median_ms"], pt["backward"]["median_ms"]),
-                                    ("train optimizer", t["optimizer"]["median_ms"], pt["optimizer_step"]["median_ms"])):
+                for label, a, b in (
+                    ("train step", t["step"]["median_ms"], pt["step_total"]["median_ms"]),
+                    ("train forward+loss", t["forward_loss"]["median_ms"], pt["forward_with_loss"]["median_ms"]),
+                    (
+                        "train matching+losses",
+                        t["loss_computation"]["median_ms"],
+                        pt["forward_stages_median_ms"].get("compute_loss"),
+                    ),
+                    ("train backward", t["backward"]["median_ms"], pt["backward"]["median_ms"]),
+                    ("train optimizer", t["optimizer"]["median_ms"], pt["optimizer_step"]["median_ms"]),
+                ):
                     print(f"| {mode} | {label} | {f(a)} | {f(b)} | {f(b / a, 2) if b else 'n/a'} |")
-                print(f"| {mode} | train peak RSS MB (process) | {t['peak_rss_process_mb']} | "
-                      f"{p.get('process_peak_rss_mb')} | |")
+                print(
+                    f"| {mode} | train peak RSS MB (process) | {t['peak_rss_process_mb']} | "
+                    f"{p.get('process_peak_rss_mb')} | |"
+                )
         print()
     print("### Targets (issue 5)\n")
     print("| target | measured | goal | ratio to goal | met |")
     print("|---|---|---|---|---|")
     for t in res["targets"]:
-        print(f"| {t['target']} | {t['value']} | {t.get('kind', '')} {t['goal']} | {t.get('ratio_to_goal')} | "
-              f"{'yes' if t['met'] else 'no' if t['met'] is not None else 'n/a'} |")
+        print(
+            f"| {t['target']} | {t['value']} | {t.get('kind', '')} {t['goal']} | {t.get('ratio_to_goal')} | "
+            f"{'yes' if t['met'] else 'no' if t['met'] is not None else 'n/a'} |"
+        )
 
 
 if __name__ == "__main__":

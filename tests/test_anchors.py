@@ -25,12 +25,28 @@ P3_CELL_2_3 = [
 ]
 
 # torchvision's cell anchors: sizes (32, 40, 50) / (64, 80, 101), ratios (0.5, 1, 2), rounded corners
-TV_SIZE_32 = [[-23, -11, 23, 11], [-28, -14, 28, 14], [-35, -18, 35, 18],
-              [-16, -16, 16, 16], [-20, -20, 20, 20], [-25, -25, 25, 25],
-              [-11, -23, 11, 23], [-14, -28, 14, 28], [-18, -35, 18, 35]]
-TV_SIZE_64 = [[-45, -23, 45, 23], [-57, -28, 57, 28], [-71, -36, 71, 36],
-              [-32, -32, 32, 32], [-40, -40, 40, 40], [-50, -50, 50, 50],
-              [-23, -45, 23, 45], [-28, -57, 28, 57], [-36, -71, 36, 71]]
+TV_SIZE_32 = [
+    [-23, -11, 23, 11],
+    [-28, -14, 28, 14],
+    [-35, -18, 35, 18],
+    [-16, -16, 16, 16],
+    [-20, -20, 20, 20],
+    [-25, -25, 25, 25],
+    [-11, -23, 11, 23],
+    [-14, -28, 14, 28],
+    [-18, -35, 18, 35],
+]
+TV_SIZE_64 = [
+    [-45, -23, 45, 23],
+    [-57, -28, 57, 28],
+    [-71, -36, 71, 36],
+    [-32, -32, 32, 32],
+    [-40, -40, 40, 40],
+    [-50, -50, 50, 50],
+    [-23, -45, 23, 45],
+    [-28, -57, 28, 57],
+    [-36, -71, 36, 71],
+]
 
 SIZES5 = [(5, 6), (3, 3), (2, 2), (1, 1), (1, 1)]
 
@@ -64,8 +80,9 @@ def test_offset_half_shifts_by_half_stride():
     torch.testing.assert_close(_cell(a5, 0, 2, 3, 6), torch.tensor(P3_CELL_2_3) + 4.0, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("sizes", [SIZES5, [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)],
-                                   [(1, 1), (0, 3), (7, 1), (2, 9), (4, 4)]])
+@pytest.mark.parametrize(
+    "sizes", [SIZES5, [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)], [(1, 1), (0, 3), (7, 1), (2, 9), (4, 4)]]
+)
 def test_counts_order_and_concatenation(sizes):
     gen = AnchorGenerator()
     levels = gen(sizes)
@@ -96,7 +113,7 @@ def test_gt_with_anchor_shape_matches_with_iou_one():
     gen = AnchorGenerator()
     anchors = gen.flat(SIZES5)
     k = (2 * 6 + 3) * 9 + 4  # P3, y=2, x=3, ratio 1, scale 2^(1/3)
-    gt = anchors[k:k + 1].clone()
+    gt = anchors[k : k + 1].clone()
     iou = box_iou(gt, anchors)
     assert iou[0, k].item() == 1.0 and int(iou[0].argmax()) == k
     m, best = Matcher().match_with_iou(gt, anchors)

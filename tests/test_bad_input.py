@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from data_factory import (
     H,
     W,
@@ -26,14 +24,23 @@ from data_factory import (
     write_truncated,
 )
 from model_factory import make_checkpoint
+from PIL import Image
+
 from retinanet.cli import main
 from retinanet.config import ConfigError, load_config
-from retinanet.data import CocoDetection, DataError, VOCDetection, build_transforms, load_image, set_max_image_pixels
-from retinanet.data import image_io
+from retinanet.data import (
+    CocoDetection,
+    DataError,
+    VOCDetection,
+    build_transforms,
+    image_io,
+    load_image,
+    set_max_image_pixels,
+)
 from retinanet.data.build import build_dataset
+from retinanet.inference.predictor import Predictor
 from retinanet.modeling.state_dict import StateDictMismatchError
 from retinanet.utils.serialization import CheckpointError, UnsafeCheckpointError
-from retinanet.inference.predictor import Predictor
 
 torch.set_num_threads(1)
 
@@ -172,9 +179,11 @@ def test_exif_rotated_jpeg(tmp_path):
 
 def test_exif_rotated_box_stays_on_object(tmp_path):
     """A box drawn on the displayed image (json sizes of the displayed image) stays on the patch."""
-    data = {"images": [{"id": 1, "file_name": "rot.jpg", "width": H, "height": W}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [40, 0, 8, 10]}],
-            "categories": [{"id": 1, "name": "patch"}]}
+    data = {
+        "images": [{"id": 1, "file_name": "rot.jpg", "width": H, "height": W}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [40, 0, 8, 10]}],
+        "categories": [{"id": 1, "name": "patch"}],
+    }
     image_dir, ann = make_coco(tmp_path, data, write_images=False)
     write_exif_rotated_jpeg(image_dir / "rot.jpg")
     ds = CocoDetection(image_dir, ann, transforms=build_transforms(False, 96, 1000))
@@ -190,9 +199,11 @@ def test_exif_rotated_box_stays_on_object(tmp_path):
 def test_one_pixel_image(tmp_path):
     Image.new("RGB", (1, 1), (1, 2, 3)).save(tmp_path / "px.png")
     assert load_image(tmp_path / "px.png").tolist() == [[[1, 2, 3]]]
-    data = {"images": [{"id": 1, "file_name": "px.png", "width": 1, "height": 1}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}],
-            "categories": [{"id": 1, "name": "dot"}]}
+    data = {
+        "images": [{"id": 1, "file_name": "px.png", "width": 1, "height": 1}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+        "categories": [{"id": 1, "name": "dot"}],
+    }
     image_dir, ann = make_coco(tmp_path / "ds", data, write_images=False)
     Image.new("RGB", (1, 1), (1, 2, 3)).save(image_dir / "px.png")
     image, t = CocoDetection(image_dir, ann, transforms=build_transforms(True, 32, 1333, 0.5))[0]
@@ -204,8 +215,9 @@ def test_decompression_bomb_limit(tmp_path, pixel_limit, limit):
     p = tmp_path / "big.png"
     Image.fromarray(pattern_image()).save(p)  # 3072 pixels
     pixel_limit(limit)
-    msg = _raises(lambda: load_image(p), p, "3,072 pixels", f"{limit:,} pixels", "set_max_image_pixels",
-                  image_io.MAX_PIXELS_ENV)
+    msg = _raises(
+        lambda: load_image(p), p, "3,072 pixels", f"{limit:,} pixels", "set_max_image_pixels", image_io.MAX_PIXELS_ENV
+    )
     assert "decompression-bomb" in msg
     assert pixel_limit(4000) == limit  # raising the limit (returns the old one) lets it load
     assert load_image(p).shape == (H, W, 3)
@@ -286,10 +298,15 @@ def test_missing_top_level_key(tmp_path, key):
 
 @pytest.mark.parametrize(
     "section,index,field,where",
-    [("images", 1, "id", "images[1]"), ("images", 1, "file_name", "images[1] (id 2)"),
-     ("annotations", 2, "bbox", "annotations[2] (id 12)"), ("annotations", 2, "category_id", "(id 12)"),
-     ("annotations", 2, "image_id", "(id 12)"), ("annotations", 2, "id", "annotations[2]"),
-     ("categories", 0, "name", "categories[0] (id 7)")],
+    [
+        ("images", 1, "id", "images[1]"),
+        ("images", 1, "file_name", "images[1] (id 2)"),
+        ("annotations", 2, "bbox", "annotations[2] (id 12)"),
+        ("annotations", 2, "category_id", "(id 12)"),
+        ("annotations", 2, "image_id", "(id 12)"),
+        ("annotations", 2, "id", "annotations[2]"),
+        ("categories", 0, "name", "categories[0] (id 7)"),
+    ],
 )
 def test_missing_entry_field(tmp_path, section, index, field, where):
     data = coco_dict()
@@ -362,9 +379,7 @@ def test_class_name_not_in_file(tmp_path):
 
 def _boxes_case(tmp_path, caplog, bboxes):
     data = coco_dict()
-    data["annotations"] = [
-        {"id": 100 + k, "image_id": 2, "category_id": 3, "bbox": b} for k, b in enumerate(bboxes)
-    ]
+    data["annotations"] = [{"id": 100 + k, "image_id": 2, "category_id": 3, "bbox": b} for k, b in enumerate(bboxes)]
     image_dir, ann = make_coco(tmp_path, data)
     with caplog.at_level(logging.DEBUG, logger="retinanet.data"):
         ds = CocoDetection(image_dir, ann)
@@ -419,8 +434,12 @@ def test_voc_malformed_xml(tmp_path):
 
 def test_voc_class_not_in_list(tmp_path):
     root = make_voc(tmp_path)
-    _raises(lambda: VOCDetection(root, "train", class_names=["dog", "cat"]),
-            root / "Annotations" / "000001.xml", "'person'", "not in the class list")
+    _raises(
+        lambda: VOCDetection(root, "train", class_names=["dog", "cat"]),
+        root / "Annotations" / "000001.xml",
+        "'person'",
+        "not in the class list",
+    )
 
 
 def test_voc_bad_box_field(tmp_path):
@@ -493,18 +512,24 @@ def _yaml(tmp_path, text: str, name: str = "cfg.yaml") -> Path:
     return p
 
 
-@pytest.mark.parametrize("text, parts", [
-    ("model:\n  num_clases: 3\n", ["unknown config key 'model.num_clases'", "Did you mean 'num_classes'?"]),
-    ("sovler:\n  base_lr: 0.1\n", ["unknown config key 'sovler'", "Did you mean 'solver'?"]),
-    ("solver:\n  base_lr: fast\n", ["solver.base_lr: expected a number, got 'fast'"]),
-    ("model: 3\n", ["model: expected a mapping of ModelConfig fields, got 3"]),
-    ("data:\n  min_size: [800, big]\n", ["data.min_size[1]: expected an integer, got 'big'"]),
-    ("model:\n  allow_low_quality_matches: maybe\n", ["model.allow_low_quality_matches: expected true or false"]),
-    ("solver:\n  base_lr: -0.01\n", ["solver.base_lr: must be a positive number (got -0.01)"]),
-    ("model:\n  score_thresh: 1.5\n", ["model.score_thresh: must be in [0, 1] (got 1.5)"]),
-    ("data:\n  size_divisibility: 100\n", ["data.size_divisibility: must be a positive multiple of 32", "(got 100)"]),
-    ("data:\n  min_size: [800]\n  max_size: 600\n", ["data.max_size: must be >= every data.min_size (got 600)"]),
-])
+@pytest.mark.parametrize(
+    "text, parts",
+    [
+        ("model:\n  num_clases: 3\n", ["unknown config key 'model.num_clases'", "Did you mean 'num_classes'?"]),
+        ("sovler:\n  base_lr: 0.1\n", ["unknown config key 'sovler'", "Did you mean 'solver'?"]),
+        ("solver:\n  base_lr: fast\n", ["solver.base_lr: expected a number, got 'fast'"]),
+        ("model: 3\n", ["model: expected a mapping of ModelConfig fields, got 3"]),
+        ("data:\n  min_size: [800, big]\n", ["data.min_size[1]: expected an integer, got 'big'"]),
+        ("model:\n  allow_low_quality_matches: maybe\n", ["model.allow_low_quality_matches: expected true or false"]),
+        ("solver:\n  base_lr: -0.01\n", ["solver.base_lr: must be a positive number (got -0.01)"]),
+        ("model:\n  score_thresh: 1.5\n", ["model.score_thresh: must be in [0, 1] (got 1.5)"]),
+        (
+            "data:\n  size_divisibility: 100\n",
+            ["data.size_divisibility: must be a positive multiple of 32", "(got 100)"],
+        ),
+        ("data:\n  min_size: [800]\n  max_size: 600\n", ["data.max_size: must be >= every data.min_size (got 600)"]),
+    ],
+)
 def test_config_file_errors_name_the_file_and_the_key(tmp_path, text, parts):
     path = _yaml(tmp_path, text)
     msg = _config_error(lambda: load_config(str(path)), *parts)
@@ -513,8 +538,9 @@ def test_config_file_errors_name_the_file_and_the_key(tmp_path, text, parts):
 
 def test_config_override_errors_name_the_override_key(tmp_path):
     path = _yaml(tmp_path, "model:\n  num_classes: 3\n")
-    msg = _config_error(lambda: load_config(str(path), ["solver.base_lr=-1"]),
-                        "solver.base_lr: must be a positive number (got -1")
+    msg = _config_error(
+        lambda: load_config(str(path), ["solver.base_lr=-1"]), "solver.base_lr: must be a positive number (got -1"
+    )
     assert not msg.startswith(str(path))  # the file is fine: the override is at fault
 
 
@@ -525,22 +551,23 @@ def test_config_paths_that_do_not_exist(tmp_path):
     bad = _yaml(tmp_path, "model: [1, 2\n", "bad.yaml")
     _config_error(lambda: load_config(str(bad)), f"{bad}: not valid YAML at line 2, column 1")
     # data paths are checked when the dataset is built, before any training, naming the key
-    cfg = load_config(None, ["data.train_images=" + str(tmp_path / "imgs"),
-                             "data.train_annotations=" + str(tmp_path / "ann.json")])
-    _config_error(lambda: build_dataset(cfg, train=True), "data.train_images: path does not exist",
-                  tmp_path / "imgs")
+    cfg = load_config(
+        None, ["data.train_images=" + str(tmp_path / "imgs"), "data.train_annotations=" + str(tmp_path / "ann.json")]
+    )
+    _config_error(lambda: build_dataset(cfg, train=True), "data.train_images: path does not exist", tmp_path / "imgs")
     (tmp_path / "imgs").mkdir()
-    _config_error(lambda: build_dataset(cfg, train=True), "data.train_annotations: path does not exist",
-                  tmp_path / "ann.json")
+    _config_error(
+        lambda: build_dataset(cfg, train=True), "data.train_annotations: path does not exist", tmp_path / "ann.json"
+    )
 
 
 def test_num_classes_that_does_not_match_the_data(tmp_path):
     image_dir, ann = make_coco(tmp_path)
-    cfg = load_config(None, [f"data.train_images={image_dir}", f"data.train_annotations={ann}",
-                             "model.num_classes=5"])
-    _config_error(lambda: build_dataset(cfg, train=True),
-                  "model.num_classes=5 but the dataset (train) has 3 classes: ['cat', 'dog', 'bird']. "
-                  "Set model.num_classes=3.")
+    cfg = load_config(None, [f"data.train_images={image_dir}", f"data.train_annotations={ann}", "model.num_classes=5"])
+    _config_error(
+        lambda: build_dataset(cfg, train=True),
+        "model.num_classes=5 but the dataset (train) has 3 classes: ['cat', 'dog', 'bird']. Set model.num_classes=3.",
+    )
 
 
 def test_missing_size_and_unreadable_image_names_entry_and_file(tmp_path):
@@ -548,8 +575,10 @@ def test_missing_size_and_unreadable_image_names_entry_and_file(tmp_path):
     del data["images"][1]["width"], data["images"][1]["height"]
     image_dir, ann = make_coco(tmp_path, data)
     (image_dir / "b.png").write_text("not a png")
-    _raises(lambda: CocoDetection(image_dir, ann), f"{ann}: images[1] (id 2): the image size is not given and "
-            f"{image_dir / 'b.png'} cannot be opened")
+    _raises(
+        lambda: CocoDetection(image_dir, ann),
+        f"{ann}: images[1] (id 2): the image size is not given and {image_dir / 'b.png'} cannot be opened",
+    )
 
 
 def test_cli_train_with_bad_config_is_one_line(tmp_path, capsys):
@@ -558,9 +587,12 @@ def test_cli_train_with_bad_config_is_one_line(tmp_path, capsys):
     assert f"{path}: unknown config key 'solver.base_rl'. Did you mean 'base_lr'?" in line
     line = _cli_error(capsys, "train", path.with_name("missing.yaml"), "--malloc", "default")
     assert "config file not found" in line and "missing.yaml" in line
-    ok = _yaml(tmp_path, f"data:\n  train_images: {tmp_path / 'no_images'}\n"
-                         f"  train_annotations: {tmp_path / 'no.json'}\ntrain:\n  output_dir: {tmp_path / 'run'}\n",
-               "paths.yaml")
+    ok = _yaml(
+        tmp_path,
+        f"data:\n  train_images: {tmp_path / 'no_images'}\n"
+        f"  train_annotations: {tmp_path / 'no.json'}\ntrain:\n  output_dir: {tmp_path / 'run'}\n",
+        "paths.yaml",
+    )
     line = _cli_error(capsys, "train", ok, "--malloc", "default", "--no-progress")
     assert f"data.train_images: path does not exist: {tmp_path / 'no_images'}" in line
 
@@ -568,9 +600,12 @@ def test_cli_train_with_bad_config_is_one_line(tmp_path, capsys):
 def test_cli_train_with_missing_backbone_weights_names_the_file(tmp_path, capsys):
     image_dir, ann = make_coco(tmp_path / "coco")
     weights = tmp_path / "resnet18_imagenet.pth"
-    cfg = _yaml(tmp_path, f"model:\n  num_classes: 3\n  backbone: {{name: resnet18, weights: {weights}}}\n"
-                          f"data:\n  train_images: {image_dir}\n  train_annotations: {ann}\n  num_workers: 0\n"
-                          f"train:\n  output_dir: {tmp_path / 'run'}\n  device: cpu\n")
+    cfg = _yaml(
+        tmp_path,
+        f"model:\n  num_classes: 3\n  backbone: {{name: resnet18, weights: {weights}}}\n"
+        f"data:\n  train_images: {image_dir}\n  train_annotations: {ann}\n  num_workers: 0\n"
+        f"train:\n  output_dir: {tmp_path / 'run'}\n  device: cpu\n",
+    )
     line = _cli_error(capsys, "train", cfg, "--malloc", "default", "--no-progress")
     assert "weights file not found" in line and str(weights) in line
 
@@ -600,8 +635,9 @@ def test_truncated_checkpoint(tiny_ckpt, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="truncated") as ei:
         Predictor(cut, device="cpu")
     assert str(cut) in str(ei.value)
-    line = _cli_error(capsys, "predict", "--weights", cut, _image(tmp_path / "imgs"), "--out", tmp_path / "o",
-                      "--no-progress")
+    line = _cli_error(
+        capsys, "predict", "--weights", cut, _image(tmp_path / "imgs"), "--out", tmp_path / "o", "--no-progress"
+    )
     assert f"checkpoint {cut} cannot be loaded" in line and "truncated" in line
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
@@ -613,32 +649,53 @@ def test_truncated_checkpoint(tiny_ckpt, tmp_path, capsys):
 
 
 def test_wrong_architecture_lists_the_keys_that_differ(tiny_ckpt, tmp_path, capsys):
-    more_classes = _yaml(tmp_path, "model:\n  num_classes: 5\n  backbone: {name: resnet18, weights: null}\n"
-                                   "  fpn_channels: 32\n  head_convs: 1\n", "five.yaml")
+    more_classes = _yaml(
+        tmp_path,
+        "model:\n  num_classes: 5\n  backbone: {name: resnet18, weights: null}\n  fpn_channels: 32\n  head_convs: 1\n",
+        "five.yaml",
+    )
     with pytest.raises(StateDictMismatchError) as ei:
         Predictor(tiny_ckpt, config=str(more_classes), device="cpu")
     msg = str(ei.value)
     # 9 anchors x 3 classes in the file, 9 x 5 in the model; nothing else differs
-    assert ("shape mismatches: head.classification_head.cls_logits.weight: checkpoint [27, 32, 3, 3] vs model "
-            "[45, 32, 3, 3], head.classification_head.cls_logits.bias: checkpoint [27] vs model [45]") in msg
+    assert (
+        "shape mismatches: head.classification_head.cls_logits.weight: checkpoint [27, 32, 3, 3] vs model "
+        "[45, 32, 3, 3], head.classification_head.cls_logits.bias: checkpoint [27] vs model [45]"
+    ) in msg
     assert "missing keys" not in msg and "unexpected keys" not in msg
 
-    deeper = _yaml(tmp_path, "model:\n  num_classes: 3\n  backbone: {name: resnet34, weights: null}\n"
-                             "  fpn_channels: 32\n  head_convs: 2\n", "deeper.yaml")
-    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, "--config", deeper, _image(tmp_path / "imgs"),
-                      "--out", tmp_path / "o", "--no-progress")
+    deeper = _yaml(
+        tmp_path,
+        "model:\n  num_classes: 3\n  backbone: {name: resnet34, weights: null}\n  fpn_channels: 32\n  head_convs: 2\n",
+        "deeper.yaml",
+    )
+    line = _cli_error(
+        capsys,
+        "predict",
+        "--weights",
+        tiny_ckpt,
+        "--config",
+        deeper,
+        _image(tmp_path / "imgs"),
+        "--out",
+        tmp_path / "o",
+        "--no-progress",
+    )
     assert "state dict does not match RetinaNet (wrong architecture, number of classes or weights file?)" in line
     # every difference is named: resnet34's extra blocks and the second head conv, grouped by module
-    assert ("missing keys (84): backbone.body.layer1.2.* (10), backbone.body.layer2.2.* (10), "
-            "backbone.body.layer2.3.* (10), backbone.body.layer3.2.* (10), backbone.body.layer3.3.* (10), "
-            "backbone.body.layer3.4.* (10), backbone.body.layer3.5.* (10), backbone.body.layer4.2.* (10), "
-            "head.classification_head.conv.1.* (2), head.regression_head.conv.1.* (2)") in line
+    assert (
+        "missing keys (84): backbone.body.layer1.2.* (10), backbone.body.layer2.2.* (10), "
+        "backbone.body.layer2.3.* (10), backbone.body.layer3.2.* (10), backbone.body.layer3.3.* (10), "
+        "backbone.body.layer3.4.* (10), backbone.body.layer3.5.* (10), backbone.body.layer4.2.* (10), "
+        "head.classification_head.conv.1.* (2), head.regression_head.conv.1.* (2)"
+    ) in line
     assert "unexpected keys" not in line and "shape mismatches" not in line
 
 
 def test_checkpoint_without_or_with_a_broken_config(tiny_ckpt, tmp_path, capsys):
     from retinanet.training.checkpoint import save_checkpoint
     from retinanet.utils.serialization import load_file
+
     state = load_file(tiny_ckpt)
     bare = save_checkpoint(tmp_path / "bare.pth", {"model": state["model"]}, update_last=False)
     line = _cli_error(capsys, "predict", "--weights", bare, _image(tmp_path / "imgs"), "--no-progress")
@@ -646,8 +703,11 @@ def test_checkpoint_without_or_with_a_broken_config(tiny_ckpt, tmp_path, capsys)
     future = dict(state)
     future["config"] = {**state["config"], "model": {**state["config"]["model"], "new_option": 1}}
     newer = save_checkpoint(tmp_path / "newer.pth", future, update_last=False)
-    with pytest.raises(ConfigError, match=rf"{newer}: the stored config is invalid: unknown config key "
-                                          r"'model.new_option'"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{newer}: the stored config is invalid: unknown config key "
+        r"'model.new_option'",
+    ):
         Predictor(newer, device="cpu")
 
 
@@ -681,9 +741,27 @@ def test_predict_bad_inputs_are_one_line(tiny_ckpt, tmp_path, capsys):
     line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, cut, "--out", tmp_path / "o", "--no-progress")
     assert str(cut) in line and "truncated or corrupt" in line
     Image.fromarray(pattern_image()).save(tmp_path / "ok.png")
-    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, tmp_path / "ok.png", "--score-thresh", "1.5",
-                      "--out", tmp_path / "o", "--no-progress")
+    line = _cli_error(
+        capsys,
+        "predict",
+        "--weights",
+        tiny_ckpt,
+        tmp_path / "ok.png",
+        "--score-thresh",
+        "1.5",
+        "--out",
+        tmp_path / "o",
+        "--no-progress",
+    )
     assert "model.score_thresh: must be in [0, 1] (got 1.5)" in line
-    line = _cli_error(capsys, "predict", "--weights", tiny_ckpt, tmp_path / "ok.png", "--config",
-                      tmp_path / "none.yaml", "--no-progress")
+    line = _cli_error(
+        capsys,
+        "predict",
+        "--weights",
+        tiny_ckpt,
+        tmp_path / "ok.png",
+        "--config",
+        tmp_path / "none.yaml",
+        "--no-progress",
+    )
     assert "config file not found" in line and "none.yaml" in line

@@ -11,8 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_run_all_quick_writes_every_section_and_the_targets(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--modes", "default",
-                    "--out", str(out)], check=True, cwd=ROOT, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--modes", "default", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=600,
+    )
     res = json.loads(out.read_text())
     run = res["modes"]["default"]
     model = run["model"]
@@ -28,15 +33,24 @@ def test_run_all_quick_writes_every_section_and_the_targets(tmp_path: Path) -> N
     assert any("training step" in n for n in names)
     for t in res["targets"]:
         assert t["value"] is not None and t["met"] in (True, False), t
-    text = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "summarize.py"), str(out)], check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "summarize.py"), str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "### Targets (issue 5)" in text and "| default |" in text
 
 
 def test_bench_tuning_quick_measures_each_kept_tuning_against_its_fallback(tmp_path: Path) -> None:
     out = tmp_path / "t.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_tuning.py"), "--quick", "--out", str(out)],
-                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_tuning.py"), "--quick", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
     reuse = json.loads(out.read_text())["modes"]["default"]["reuse"]["2,12000,80"]
     assert reuse["reuse"]["cpu"]["n"] == reuse["no_reuse"]["cpu"]["n"] == 3
     assert reuse["no_reuse"]["cpu_ratio"]["median"] > 0

@@ -36,7 +36,8 @@ def _box(x, y, w, h):
 
 
 boxes_st = st.lists(st.builds(_box, coord, coord, size, size), min_size=0, max_size=12).map(
-    lambda v: torch.tensor(v, dtype=torch.float32).reshape(-1, 4))
+    lambda v: torch.tensor(v, dtype=torch.float32).reshape(-1, 4)
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,14 +50,16 @@ def test_box_area_known_and_degenerate():
 
 def test_box_iou_hand_computed():
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    b = torch.tensor([
-        [5.0, 5.0, 15.0, 15.0],   # inter 25, union 175 -> 1/7
-        [0.0, 0.0, 10.0, 20.0],   # inter 100, union 200 -> 0.5
-        [0.0, 0.0, 10.0, 10.0],   # identical -> 1
-        [10.0, 0.0, 20.0, 10.0],  # touching edge -> 0
-        [30.0, 30.0, 40.0, 40.0],  # disjoint -> 0
-        [2.0, 2.0, 4.0, 4.0],     # inside: 4 / 100
-    ])
+    b = torch.tensor(
+        [
+            [5.0, 5.0, 15.0, 15.0],  # inter 25, union 175 -> 1/7
+            [0.0, 0.0, 10.0, 20.0],  # inter 100, union 200 -> 0.5
+            [0.0, 0.0, 10.0, 10.0],  # identical -> 1
+            [10.0, 0.0, 20.0, 10.0],  # touching edge -> 0
+            [30.0, 30.0, 40.0, 40.0],  # disjoint -> 0
+            [2.0, 2.0, 4.0, 4.0],  # inside: 4 / 100
+        ]
+    )
     iou = box_iou(a, b)
     assert iou.shape == (1, 6) and iou.dtype == torch.float32
     expected = torch.tensor([[1 / 7, 0.5, 1.0, 0.0, 0.0, 0.04]])
@@ -154,9 +157,10 @@ def test_encode_known_values_and_weights():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(coord, coord, pos_size, pos_size, coord, coord, pos_size, pos_size),
-                min_size=1, max_size=8),
-       st.sampled_from([(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]))
+@given(
+    st.lists(st.tuples(coord, coord, pos_size, pos_size, coord, coord, pos_size, pos_size), min_size=1, max_size=8),
+    st.sampled_from([(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]),
+)
 def test_encode_decode_round_trip(rows, weights):
     gt = torch.tensor([_box(*r[:4]) for r in rows])
     an = torch.tensor([_box(*r[4:]) for r in rows])
@@ -232,7 +236,7 @@ def _random_case(rng: random.Random, gen: torch.Generator):
         xy = centres[which] + torch.randn(n, 2, generator=gen) * 8 - wh / 2
     b = torch.cat([xy, xy + wh], 1)
     if n > 3 and rng.random() < 0.3:  # exact duplicates
-        b[n // 2:] = b[: n - n // 2].clone()
+        b[n // 2 :] = b[: n - n // 2].clone()
     if rng.random() < 0.3:
         scores = torch.randint(0, 4, (n,), generator=gen).float()  # score ties
     else:
@@ -249,7 +253,7 @@ def test_nms_equals_brute_force(monkeypatch, mode):
         monkeypatch.setattr(NMS, "_PAIR_CHUNK", 7)
         monkeypatch.setattr(NMS, "_MAX_PEEL_ROUNDS", 1)
     if mode == "dense":  # switch to the N x N bool matrix at the first edge
-        monkeypatch.setattr(NMS, "_DENSE_EDGE_DIVISOR", 10 ** 12)
+        monkeypatch.setattr(NMS, "_DENSE_EDGE_DIVISOR", 10**12)
     rng, gen = random.Random(1234), torch.Generator().manual_seed(1234)
     checked = 0
     for _ in range(200):
@@ -271,7 +275,7 @@ def test_nms_paths_are_exercised(monkeypatch):
         return real_dense(m, *args)
 
     monkeypatch.setattr(NMS, "_dense_to_peeled_edges", dense)
-    monkeypatch.setattr(NMS, "_DENSE_EDGE_DIVISOR", 10 ** 12)
+    monkeypatch.setattr(NMS, "_DENSE_EDGE_DIVISOR", 10**12)
     b = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [2, 0, 12, 10]])
     assert nms(b, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0]
     assert calls["dense"] == 1
@@ -301,8 +305,10 @@ def test_nms_ties_order_groups_and_empty():
     assert batched_nms(b, s, torch.tensor([0, 1, 0, 1]), 0.5).tolist() == [2, 0, 1]
     assert batched_nms(b, s, torch.tensor([0, 0, 0, 0]), -1.0).tolist() == [2]  # t < 0: best per group
     assert nms(b, s, 1.0).tolist() == [2, 0, 1, 3]  # IoU never > 1: all kept, by decreasing score
-    for out in (nms(torch.zeros(0, 4), torch.zeros(0), 0.5),
-                batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)):
+    for out in (
+        nms(torch.zeros(0, 4), torch.zeros(0), 0.5),
+        batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5),
+    ):
         assert out.dtype == torch.int64 and out.shape == (0,)
 
 

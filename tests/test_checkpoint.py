@@ -97,14 +97,24 @@ def test_rng_state_survives_weights_only_round_trip(tmp_path):
     torch.manual_seed(3)
     random.gauss(0, 1)  # leaves a cached gauss_next
     save_checkpoint(tmp_path / "rng.pth", {"rng": get_rng_state()})
-    expected = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(2).tolist(),
-                torch.rand(3).tolist())
+    expected = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.randn(2).tolist(),
+        torch.rand(3).tolist(),
+    )
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
     set_rng_state(load_file(tmp_path / "rng.pth")["rng"])
-    got = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(2).tolist(),
-           torch.rand(3).tolist())
+    got = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.randn(2).tolist(),
+        torch.rand(3).tolist(),
+    )
     assert got == expected
 
 
@@ -264,8 +274,7 @@ def test_wrong_architecture_lists_missing_unexpected_and_mismatched_keys():
     msg = str(info.value)
     assert "missing keys (2): 4.weight, 4.bias" in msg
     assert "unexpected keys (1): 3.weight" in msg
-    assert ("shape mismatches: 2.weight: checkpoint [3, 8] vs model [5, 8], "
-            "2.bias: checkpoint [3] vs model [5]") in msg
+    assert ("shape mismatches: 2.weight: checkpoint [3, 8] vs model [5, 8], 2.bias: checkpoint [3] vs model [5]") in msg
     assert "0.weight" not in msg
     # nothing was loaded by the failed strict call
     assert not torch.equal(dst[0].weight, src[0].weight)
@@ -325,7 +334,11 @@ def test_latest_checkpoint_and_keep_last_pruning(tmp_path):
     removed = prune_checkpoints(tmp_path, keep_last=1)
     assert sorted(p.name for p in removed) == ["model_0000400.pth", "model_0000500.pth", "model_0000600.pth"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.pth", LAST_CHECKPOINT_FILE, "model_10000000.pth", "model_final.pth"]
+        "best.pth",
+        LAST_CHECKPOINT_FILE,
+        "model_10000000.pth",
+        "model_final.pth",
+    ]
 
     # a pointer to a file that is gone falls back to the newest numbered checkpoint
     (tmp_path / "model_final.pth").unlink()

@@ -4,8 +4,15 @@ import re
 
 import pytest
 
-from retinanet.config import (Config, ConfigError, config_from_dict, config_to_dict, list_presets,
-                              load_config, save_config)
+from retinanet.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    list_presets,
+    load_config,
+    save_config,
+)
 
 
 def test_defaults_are_the_papers():
@@ -43,9 +50,16 @@ def test_preset_inheritance():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config("retinanet_R50_FPN_1x", ["model.num_classes=3", "data.min_size=[320,352]",
-                                                "model.head_norm=GN", "solver.clip_grad_norm=1.5",
-                                                "model.backbone.weights=null"])
+    cfg = load_config(
+        "retinanet_R50_FPN_1x",
+        [
+            "model.num_classes=3",
+            "data.min_size=[320,352]",
+            "model.head_norm=GN",
+            "solver.clip_grad_norm=1.5",
+            "model.backbone.weights=null",
+        ],
+    )
     assert cfg.model.num_classes == 3
     assert cfg.data.min_size == (320, 352)
     assert cfg.model.head_norm == "GN"
@@ -62,18 +76,21 @@ def test_unknown_key_names_the_closest_valid_key():
         config_from_dict({"modle": {}})
 
 
-@pytest.mark.parametrize("override, pattern", [
-    ("solver.base_lr=-0.1", r"solver.base_lr: must be a positive number"),
-    ("model.score_thresh=1.5", r"model.score_thresh: must be in \[0, 1\]"),
-    ("data.size_divisibility=48", r"data.size_divisibility: must be a positive multiple of 32"),
-    ("solver.backbone_lr_factor=0", r"solver.backbone_lr_factor: must be in \(0, 10\]"),
-    ("solver.max_iter=abc", r"solver.max_iter: expected an integer, got 'abc'"),
-    ("model.allow_low_quality_matches=3", r"expected true or false"),
-    ("model.box_loss=iou", r"model.box_loss: must be smooth_l1, l1 or giou"),
-    ("model.bg_iou_threshold=0.6", r"bg_iou_threshold <= fg_iou_threshold"),
-    ("solver.amp=fp8", r"solver.amp"),
-    ("solver", r"must look like section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("solver.base_lr=-0.1", r"solver.base_lr: must be a positive number"),
+        ("model.score_thresh=1.5", r"model.score_thresh: must be in \[0, 1\]"),
+        ("data.size_divisibility=48", r"data.size_divisibility: must be a positive multiple of 32"),
+        ("solver.backbone_lr_factor=0", r"solver.backbone_lr_factor: must be in \(0, 10\]"),
+        ("solver.max_iter=abc", r"solver.max_iter: expected an integer, got 'abc'"),
+        ("model.allow_low_quality_matches=3", r"expected true or false"),
+        ("model.box_loss=iou", r"model.box_loss: must be smooth_l1, l1 or giou"),
+        ("model.bg_iou_threshold=0.6", r"bg_iou_threshold <= fg_iou_threshold"),
+        ("solver.amp=fp8", r"solver.amp"),
+        ("solver", r"must look like section.key=value"),
+    ],
+)
 def test_impossible_values_are_rejected(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
@@ -105,14 +122,17 @@ def test_user_file_with_base(tmp_path):
     assert cfg.model.num_classes == 2 and cfg.data.min_size == (500,)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.pixel_std=[0.229,0.224,0]", "model.pixel_std"),
-    ("model.pixel_std=[0.229,0.224,-0.2]", "model.pixel_std"),
-    ("model.pixel_std=[0.229,.inf,0.225]", "model.pixel_std"),
-    ("model.pixel_std=[0.229,0.224]", "model.pixel_std"),
-    ("model.pixel_std=[0.229,0.224,abc]", "model.pixel_std[2]"),
-    ("model.pixel_mean=[0.485,.nan,0.406]", "model.pixel_mean"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.pixel_std=[0.229,0.224,0]", "model.pixel_std"),
+        ("model.pixel_std=[0.229,0.224,-0.2]", "model.pixel_std"),
+        ("model.pixel_std=[0.229,.inf,0.225]", "model.pixel_std"),
+        ("model.pixel_std=[0.229,0.224]", "model.pixel_std"),
+        ("model.pixel_std=[0.229,0.224,abc]", "model.pixel_std[2]"),
+        ("model.pixel_mean=[0.485,.nan,0.406]", "model.pixel_mean"),
+    ],
+)
 def test_bad_pixel_statistics_are_rejected(override, key):
     with pytest.raises(ConfigError, match="^" + re.escape(key) + ":") as e:
         load_config(None, [override])
@@ -124,6 +144,7 @@ def test_pixel_statistics_default_when_a_stored_config_lacks_them():
     del stored["model"]["pixel_mean"], stored["model"]["pixel_std"]  # a checkpoint written before they existed
     cfg = config_from_dict(stored)
     assert cfg.model.pixel_mean == (0.485, 0.456, 0.406) and cfg.model.pixel_std == (0.229, 0.224, 0.225)
-    again = config_from_dict(config_to_dict(load_config(None, ["model.pixel_mean=[0.5,0.5,0.5]",
-                                                               "model.pixel_std=[1,1,1]"])))
+    again = config_from_dict(
+        config_to_dict(load_config(None, ["model.pixel_mean=[0.5,0.5,0.5]", "model.pixel_std=[1,1,1]"]))
+    )
     assert again.model.pixel_mean == (0.5, 0.5, 0.5) and again.model.pixel_std == (1.0, 1.0, 1.0)

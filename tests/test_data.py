@@ -10,17 +10,17 @@ import logging
 import numpy as np
 import pytest
 import torch
+from data_factory import COCO_EXPECTED, H, W, coco_dict, make_coco, make_voc, pattern_image
 from PIL import Image
 
-from data_factory import COCO_EXPECTED, H, W, coco_dict, make_coco, make_voc, pattern_image
 from retinanet.config import Config
 from retinanet.data import (
+    VOC_CLASSES,
     CocoDetection,
     Compose,
     RandomHorizontalFlip,
     ResizeShortestSide,
     ToTensor,
-    VOC_CLASSES,
     VOCDetection,
     build_transforms,
     collate,
@@ -104,8 +104,14 @@ def test_coco_gt_evaluates_targets_mapped_back_to_ap_1(coco):
     for i in range(len(coco)):
         _, t = coco[i]
         for (x1, y1, x2, y2), label in zip(t["boxes"].tolist(), t["labels"].tolist()):
-            dets.append({"image_id": t["image_id"], "category_id": coco.label_to_category_id[label],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.9})
+            dets.append(
+                {
+                    "image_id": t["image_id"],
+                    "category_id": coco.label_to_category_id[label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": 0.9,
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
         ev.evaluate()
@@ -356,8 +362,9 @@ def test_model_preprocess_shapes_normalization_padding(tiny_model):
     # hand values: a mid-grey pixel
     g = normalize_and_pad(torch.full((1, 3, 2, 2), 0.5), None, mean, std, 1)
     assert g.shape == (1, 3, 2, 2)
-    torch.testing.assert_close(g[0, :, 0, 0], torch.tensor([(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224,
-                                                            (0.5 - 0.406) / 0.225]))
+    torch.testing.assert_close(
+        g[0, :, 0, 0], torch.tensor([(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (0.5 - 0.406) / 0.225])
+    )
     # exact multiples stay as they are; uint8 images are scaled by 1/255
     u, usizes = tiny_model.preprocess([torch.full((3, 128, 256), 255, dtype=torch.uint8)])
     assert u.shape == (1, 3, 128, 256) and usizes == [(128, 256)]

@@ -34,8 +34,7 @@ def test_quick_demo_learns_and_writes_its_outputs(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[-1] < 0.8 * losses[0]
-    data = json.loads((tmp_path / summary["dataset"].split("/")[-1] / "annotations" / "instances_val.json")
-                      .read_text())
+    data = json.loads((tmp_path / summary["dataset"].split("/")[-1] / "annotations" / "instances_val.json").read_text())
     assert len(data["images"]) == 40 and len(data["categories"]) == 8
 
 
@@ -79,7 +78,7 @@ def test_time_budget_lowers_max_iter_only_before_the_first_lr_step(monkeypatch) 
     assert tr.max_iter == 2800
     assert hook.step_s == pytest.approx(0.05)
     for it in range(1501, 2001):  # much slower: at step 1600 the budget is gone, so the fewest steps
-        clock["t"] += 1.0       # that keep the first lr step (2/3 of the total) ahead: 1.5 * 1600 + 1
+        clock["t"] += 1.0  # that keep the first lr step (2/3 of the total) ahead: 1.5 * 1600 + 1
         tr.iteration = it
         hook(tr)
         if it == 1600:
@@ -89,12 +88,14 @@ def test_time_budget_lowers_max_iter_only_before_the_first_lr_step(monkeypatch) 
 
 def test_trainer_ends_normally_when_a_hook_lowers_max_iter(tmp_path) -> None:
     from retinanet.apps.demo import demo_config
+    from retinanet.apps.synth import ensure_synthetic_coco
     from retinanet.training.trainer import Trainer
 
-    from retinanet.apps.synth import ensure_synthetic_coco
-
-    cfg = demo_config(tmp_path / "demo", quick=True, overrides=["solver.max_iter=12", "solver.warmup_iters=2",
-                                                                 "train.checkpoint_period=100"])
+    cfg = demo_config(
+        tmp_path / "demo",
+        quick=True,
+        overrides=["solver.max_iter=12", "solver.warmup_iters=2", "train.checkpoint_period=100"],
+    )
     ensure_synthetic_coco(Path(cfg.data.train_images).parent, num_train=8, num_val=4, image_size=(256, 256), seed=0)
 
     def lower(tr) -> None:

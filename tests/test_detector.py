@@ -9,15 +9,20 @@ import math
 import pytest
 import torch
 
-from retinanet.ops import BoxCoder, box_iou
 from retinanet.config import AnchorConfig, BackboneConfig, Config, ModelConfig
-from retinanet.ops.matcher import Matcher
 from retinanet.modeling.retinanet import RetinaNet
+from retinanet.ops import BoxCoder, box_iou
+from retinanet.ops.matcher import Matcher
 
 
 def tiny_cfg(size_divisibility: int = 128, **kw) -> Config:
-    base = dict(num_classes=3, backbone=BackboneConfig(name="resnet18", freeze_at=0), fpn_channels=32,
-                head_convs=1, anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)))
+    base = dict(
+        num_classes=3,
+        backbone=BackboneConfig(name="resnet18", freeze_at=0),
+        fpn_channels=32,
+        head_convs=1,
+        anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)),
+    )
     base.update(kw)
     cfg = Config(model=ModelConfig(**base))
     cfg.data.size_divisibility = size_divisibility
@@ -58,7 +63,7 @@ def _reference_losses(model: RetinaNet, logits, deltas, anchors, targets, alpha=
             tgt = coder.encode(t["boxes"][idx[fg]], anchors[fg]).double()
             diff = (deltas[b][fg].double() - tgt).abs()
             beta = 0.1
-            box_sum += torch.where(diff < beta, 0.5 * diff ** 2 / beta, diff - 0.5 * beta).sum().item()
+            box_sum += torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta).sum().item()
         num_fg += int(fg.sum())
     n = max(num_fg, 1)
     return cls_sum / n, box_sum / n, num_fg
@@ -69,9 +74,10 @@ def test_training_losses_equal_per_image_reference(with_empty_image):
     torch.manual_seed(0)
     model = RetinaNet.from_config(tiny_cfg()).train()
     x = torch.rand(2, 3, 128, 128)  # raw RGB 0-1: the model normalizes
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 50.0], [70.0, 70.0, 120.0, 126.0]]),
-                "labels": torch.tensor([0, 2])},
-               {"boxes": torch.tensor([[5.0, 30.0, 40.0, 100.0]]), "labels": torch.tensor([1])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 50.0], [70.0, 70.0, 120.0, 126.0]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.tensor([[5.0, 30.0, 40.0, 100.0]]), "labels": torch.tensor([1])},
+    ]
     if with_empty_image:
         targets[1] = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
     out = model(x, targets)
@@ -96,7 +102,7 @@ def test_no_ground_truth_anywhere_gives_all_background_and_zero_box_loss():
     normalizer = out["num_fg"].clamp(min=1)
     # every anchor is background: sum of -(1 - alpha) p^2 log(1 - p) with p ~ 0.01, normalizer 1
     n_anchors = 2 * 9 * sum((128 // s) ** 2 if 128 // s else 1 for s in (8, 16, 32, 64, 128)) * 3
-    expected = n_anchors * 0.75 * 0.01 ** 2 * -math.log(0.99)
+    expected = n_anchors * 0.75 * 0.01**2 * -math.log(0.99)
     assert (out["loss_cls"] / normalizer).item() == pytest.approx(expected, rel=0.1)
     ((out["loss_cls"] + out["loss_box"]) / normalizer).backward()
 
@@ -110,7 +116,7 @@ def _reference_postprocess(model: RetinaNet, logits, deltas, anchors, level_size
     cand_boxes, cand_scores, cand_labels = [], [], []
     start = 0
     for n in level_sizes:
-        s = logits[start:start + n].sigmoid().flatten()
+        s = logits[start : start + n].sigmoid().flatten()
         k = min(cfg.topk_candidates, s.numel())
         v, i = s.topk(k)
         keep = v > cfg.score_thresh
@@ -118,19 +124,21 @@ def _reference_postprocess(model: RetinaNet, logits, deltas, anchors, level_size
         a = i // K
         cand_scores.append(v)
         cand_labels.append(i % K)
-        cand_boxes.append(coder.decode(deltas[start:start + n][a], anchors[start:start + n][a]))
+        cand_boxes.append(coder.decode(deltas[start : start + n][a], anchors[start : start + n][a]))
         start += n
     boxes, scores, labels = torch.cat(cand_boxes), torch.cat(cand_scores), torch.cat(cand_labels)
     h, w = image_size
-    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                         boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+    boxes = torch.stack(
+        [boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1
+    )
     order = scores.argsort(descending=True)
     kept: list[int] = []
     for i in order.tolist():
-        if all(labels[j] != labels[i] or box_iou(boxes[i:i + 1], boxes[j:j + 1]).item() <= cfg.nms_thresh
-               for j in kept):
+        if all(
+            labels[j] != labels[i] or box_iou(boxes[i : i + 1], boxes[j : j + 1]).item() <= cfg.nms_thresh for j in kept
+        ):
             kept.append(i)
-    kept = kept[:cfg.detections_per_image]
+    kept = kept[: cfg.detections_per_image]
     return boxes[kept], scores[kept], labels[kept]
 
 
@@ -159,8 +167,10 @@ def test_batched_postprocess_equals_per_image_reference():
 def _two_scenes() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     g = torch.Generator().manual_seed(0)
     imgs = torch.rand(2, 3, 128, 128, generator=g) * 0.3
-    boxes = [torch.tensor([[10.0, 20.0, 50.0, 60.0], [70.0, 30.0, 120.0, 70.0]]),
-             torch.tensor([[30.0, 40.0, 100.0, 110.0], [5.0, 5.0, 25.0, 35.0]])]
+    boxes = [
+        torch.tensor([[10.0, 20.0, 50.0, 60.0], [70.0, 30.0, 120.0, 70.0]]),
+        torch.tensor([[30.0, 40.0, 100.0, 110.0], [5.0, 5.0, 25.0, 35.0]]),
+    ]
     labels = [torch.tensor([0, 1]), torch.tensor([2, 0])]
     colour = {0: (1.0, 0.2, 0.2), 1: (0.2, 1.0, 0.2), 2: (0.2, 0.2, 1.0)}
     for i in range(2):
@@ -216,8 +226,10 @@ def test_inputs_padded_to_multiples_of_32_only():
     assert anchors.shape[0] == cls_logits.shape[1] == box_deltas.shape[1] == 9 * (560 + 140 + 35 + 12 + 4)
     # the anchors of the last P7 cell are centred at (128, 128): the stride grid, not the input size
     torch.testing.assert_close(anchors[-9:].view(9, 2, 2).mean(1), torch.full((9, 2), 128.0))
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 150.0, 140.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[100.0, 30.0, 130.0, 60.0]]), "labels": torch.tensor([2])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 150.0, 140.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[100.0, 30.0, 130.0, 60.0]]), "labels": torch.tensor([2])},
+    ]
     model.train()
     losses = model(images, targets)
     assert torch.isfinite(losses["loss_cls"]) and torch.isfinite(losses["loss_box"]) and losses["num_fg"] > 0
@@ -247,10 +259,14 @@ def test_same_detections_batched_alone_and_uint8_mapped_to_output_sizes():
     out_sizes = [(2 * h, 2 * w) for h, w in sizes]
     with torch.no_grad():
         ref = model(raw)
-        runs = {"batched": (ref, model(raw, output_sizes=out_sizes)),
-                "alone": ([model([im])[0] for im in raw],
-                          [model([im], output_sizes=[o])[0] for im, o in zip(raw, out_sizes)]),
-                "uint8": (model(u8), model(u8, output_sizes=out_sizes))}
+        runs = {
+            "batched": (ref, model(raw, output_sizes=out_sizes)),
+            "alone": (
+                [model([im])[0] for im in raw],
+                [model([im], output_sizes=[o])[0] for im, o in zip(raw, out_sizes)],
+            ),
+            "uint8": (model(u8), model(u8, output_sizes=out_sizes)),
+        }
     atol = {"batched": 0.0, "uint8": 0.0, "alone": 1e-5}  # score; boxes: 1000x that in pixels
     for name, (plain, mapped) in runs.items():
         assert len(plain) == len(mapped) == 2, name

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_factory import cli_command, make_coco_split, subprocess_env, tiny_config, val_coco_dict, write_config
 
 from retinanet.config import config_from_dict
 from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE
 from retinanet.training.trainer import Trainer
 from retinanet.utils.serialization import load_file
-from train_factory import cli_command, make_coco_split, subprocess_env, tiny_config, val_coco_dict, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +48,24 @@ def _launch(cfg_path: Path, world: int = 2, *extra: str) -> list[subprocess.Pope
     port = str(_free_port())
     procs = []
     for rank in range(world):
-        env = subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world),
-                             LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
-        procs.append(subprocess.Popen(cli_command("train", str(cfg_path), "--no-progress", *extra), env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = subprocess_env(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world),
+            GLOO_SOCKET_IFNAME="lo",
+        )
+        procs.append(
+            subprocess.Popen(
+                cli_command("train", str(cfg_path), "--no-progress", *extra),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -136,9 +150,17 @@ def _forked_rank(rank: int, world: int, port: str, argv: list[str], log: str) ->
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout, sys.stderr = open(1, "w", buffering=1, closefd=False), open(2, "w", buffering=1, closefd=False)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=port,
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     from retinanet.cli import main
+
     sys.exit(main(argv))
 
 
@@ -148,12 +170,17 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(data, tmp_path):
     both exit with 130. The ranks are forked from the test process (same code path as above, without
     the interpreter start-up)."""
     out = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", tiny_config(data, out, solver={"max_iter": 200},
-                                                        train={"checkpoint_period": 1000}))
+    cfg = write_config(
+        tmp_path / "c.yaml", tiny_config(data, out, solver={"max_iter": 200}, train={"checkpoint_period": 1000})
+    )
     port = str(_free_port())
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_forked_rank, args=(r, 2, port, ["train", str(cfg), "--no-progress"],
-                                                     str(tmp_path / f"rank{r}.log"))) for r in range(2)]
+    procs = [
+        ctx.Process(
+            target=_forked_rank, args=(r, 2, port, ["train", str(cfg), "--no-progress"], str(tmp_path / f"rank{r}.log"))
+        )
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     try:
@@ -189,7 +216,9 @@ def test_ranks_exit_cleanly_run_after_run(data, tmp_path):
     in a row, so that a return of the race is likely (~70%) to show here (on the old code this test
     failed 2 times of 3)."""
     for i in range(4):
-        cfg = write_config(tmp_path / f"c{i}.yaml", tiny_config(data, tmp_path / f"run{i}", solver={"max_iter": 2},
-                                                                train={"checkpoint_period": 100}))
+        cfg = write_config(
+            tmp_path / f"c{i}.yaml",
+            tiny_config(data, tmp_path / f"run{i}", solver={"max_iter": 2}, train={"checkpoint_period": 100}),
+        )
         for rank, (rc, out, err) in enumerate(_finish(_launch(cfg))):
             assert rc == 0, f"run {i}, rank {rank}: exit {rc}: {err[-2000:]}"

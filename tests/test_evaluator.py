@@ -34,9 +34,14 @@ def make_gt(seed: int = 0) -> dict:
             side = float(rng.choice([12.0, 20.0, 50.0, 80.0, 150.0, 250.0]) * rng.uniform(0.8, 1.2))
             w, h = side * rng.uniform(0.7, 1.3), side * rng.uniform(0.7, 1.3)
             x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
-            anns.append({"image_id": img["id"], "category_id": int(rng.choice(CATEGORY_IDS[:3])),
-                         "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                         "iscrowd": 0})
+            anns.append(
+                {
+                    "image_id": img["id"],
+                    "category_id": int(rng.choice(CATEGORY_IDS[:3])),
+                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                    "iscrowd": 0,
+                }
+            )
     for img_id in (2, 5):  # crowd regions
         anns.append({"image_id": img_id, "category_id": 1, "bbox": [300.0, 200.0, 200.0, 150.0], "iscrowd": 1})
     for j, a in enumerate(anns):
@@ -81,9 +86,13 @@ def make_detections(gt: dict, seed: int = 1) -> tuple[list[dict], list[int]]:
             boxes.append([x, y, x + s, y + s * rng.uniform(0.6, 1.5)])
             scores.append(rng.uniform(0.05, 0.8))
             labels.append(int(rng.integers(0, 4)))
-        dets.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                     "scores": torch.tensor(scores, dtype=torch.float32),
-                     "labels": torch.tensor(labels, dtype=torch.int64)})
+        dets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(scores, dtype=torch.float32),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+            }
+        )
         ids.append(img["id"])
     return dets, ids
 
@@ -163,10 +172,13 @@ def test_perfect_detections_give_ap_one(gt):
     dets, ids = [], []
     for img in gt["images"]:
         anns = [a for a in gt["annotations"] if a["image_id"] == img["id"] and not a["iscrowd"]]
-        dets.append({"boxes": torch.tensor([gt_to_xyxy(a) for a in anns]).reshape(-1, 4),
-                     "scores": torch.ones(len(anns)),
-                     "labels": torch.tensor([CATEGORY_IDS.index(a["category_id"]) for a in anns],
-                                            dtype=torch.int64)})
+        dets.append(
+            {
+                "boxes": torch.tensor([gt_to_xyxy(a) for a in anns]).reshape(-1, 4),
+                "scores": torch.ones(len(anns)),
+                "labels": torch.tensor([CATEGORY_IDS.index(a["category_id"]) for a in anns], dtype=torch.int64),
+            }
+        )
         ids.append(img["id"])
     m = evaluate_coco(gt, detections_to_coco_results(dets, ids, LABEL_TO_CAT))
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "ARs", "ARm", "ARl"):
@@ -202,8 +214,11 @@ def test_per_class_ap_matches_precision_array(gt, results):
 
 def test_detections_to_coco_results_conversion():
     dets = [
-        {"boxes": torch.tensor([[10.0, 20.0, 30.5, 60.25], [0.0, 0.0, 1.0, 1.0]]),
-         "scores": torch.tensor([0.9, 0.123456789]), "labels": torch.tensor([2, 0])},
+        {
+            "boxes": torch.tensor([[10.0, 20.0, 30.5, 60.25], [0.0, 0.0, 1.0, 1.0]]),
+            "scores": torch.tensor([0.9, 0.123456789]),
+            "labels": torch.tensor([2, 0]),
+        },
         {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, dtype=np.int64)},
         {"boxes": [[5.0, 5.0, 7.0, 9.0]], "scores": [0.5], "labels": [3]},
     ]
@@ -262,7 +277,7 @@ def test_coco_evaluator_batches_results_json_round_trip(gt, results, tmp_path):
     dets, ids = make_detections(gt)
     ev = CocoEvaluator(FakeDataset(gt))
     for start in range(0, len(ids), 3):
-        ev.update(dets[start:start + 3], _targets(ids[start:start + 3]))
+        ev.update(dets[start : start + 3], _targets(ids[start : start + 3]))
     ev.update(dets[:1], _targets(ids[:1]))  # a repeated image (padding sampler) counts once
     assert ev.results() == results
     metrics = ev.evaluate()
@@ -326,8 +341,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 def test_gather_across_two_gloo_processes(gt, results, tmp_path):
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path / "init"), str(tmp_path)))
-             for r in range(2)]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path / "init"), str(tmp_path))) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from model_factory import CATEGORY_IDS, CLASS_NAMES, make_checkpoint, write_image
+
 from retinanet import Predictor
 from retinanet.cli import main
 from retinanet.data.image_io import load_image
@@ -84,8 +84,12 @@ def test_torchscript_on_a_real_image_matches_predictor(scripted, predictor, tmp_
     """Resize as the metadata says, run the artifact with the original size, compare with predict()."""
     img = write_image(tmp_path / "x.png", h=48, w=64, seed=4)
     arr = load_image(img)
-    target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64), "image_id": 0,
-              "orig_size": arr.shape[:2]}
+    target = {
+        "boxes": torch.zeros((0, 4)),
+        "labels": torch.zeros((0,), dtype=torch.int64),
+        "image_id": 0,
+        "orig_size": arr.shape[:2],
+    }
     image, _ = predictor.transforms(arr, target)
     ts, meta = load_exported(scripted)
     assert meta["test_min_size"] == min(image.shape[-2:])
@@ -120,11 +124,13 @@ def test_torchscript_rejects_a_wrong_shape(scripted):
 
 
 def test_torchscript_runs_without_the_retinanet_package(scripted):
-    code = ("import sys; sys.modules['retinanet'] = None\n"  # any import of retinanet would fail
-            "import torch\n"
-            f"m = torch.jit.load({str(scripted)!r})\n"
-            "out = m(torch.zeros(1, 3, 100, 90, dtype=torch.uint8))\n"
-            "print(len(out), sorted(out[0]), out[0]['boxes'].shape[1])\n")
+    code = (
+        "import sys; sys.modules['retinanet'] = None\n"  # any import of retinanet would fail
+        "import torch\n"
+        f"m = torch.jit.load({str(scripted)!r})\n"
+        "out = m(torch.zeros(1, 3, 100, 90, dtype=torch.uint8))\n"
+        "print(len(out), sorted(out[0]), out[0]['boxes'].shape[1])\n"
+    )
     res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["1", "['boxes',", "'labels',", "'scores']", "4"]
@@ -159,6 +165,7 @@ def test_a_failed_check_keeps_no_file(ckpt, tmp_path, monkeypatch):
 
     def differ(run, model, what, examples):
         raise ExportError(f"{what}: boxes differ")
+
     monkeypatch.setattr(exporter, "_compare", differ)
     out = tmp_path / "model.pt"
     with pytest.raises(ExportError, match="boxes differ"):
@@ -170,6 +177,7 @@ def test_onnx_without_the_onnx_package_is_a_clear_error(ckpt, tmp_path, capsys):
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
+
         pytest.skip("onnx is installed here: the error path cannot be shown")
     except ImportError:
         pass

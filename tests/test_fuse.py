@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from model_factory import randomize_bn
 from torch import nn
 
 from retinanet.config import Config, ModelConfig
@@ -16,14 +17,21 @@ from retinanet.modeling.fuse import FusedConv2d, fuse_for_inference
 from retinanet.modeling.norm import FrozenBatchNorm2d, conv_bn
 from retinanet.modeling.retinanet import RetinaNet
 
-from model_factory import randomize_bn
-
 torch.set_num_threads(1)
 
 
 def small_model(backbone: str = "resnet18", channels_last: bool = True, classes: int = 5, **kw) -> RetinaNet:
-    cfg = Config(model=ModelConfig(num_classes=classes, fpn_channels=32, head_convs=2,
-                                   channels_last=channels_last, score_thresh=0.0, detections_per_image=50, **kw))
+    cfg = Config(
+        model=ModelConfig(
+            num_classes=classes,
+            fpn_channels=32,
+            head_convs=2,
+            channels_last=channels_last,
+            score_thresh=0.0,
+            detections_per_image=50,
+            **kw,
+        )
+    )
     cfg.model.backbone.name = backbone
     cfg.model.backbone.weights = None
     cfg.data.size_divisibility = 32  # the 128 x 192 test images are not padded
@@ -48,8 +56,11 @@ def close_dets(a: list[dict], b: list[dict], min_matched: float = 0.95) -> None:
         if da["boxes"].shape[0] == 0:
             continue
         near = (da["boxes"][:, None] - db["boxes"][None]).abs().amax(-1) < 0.01
-        same = (near & (da["labels"][:, None] == db["labels"][None])
-                & ((da["scores"][:, None] - db["scores"][None]).abs() < 1e-4))
+        same = (
+            near
+            & (da["labels"][:, None] == db["labels"][None])
+            & ((da["scores"][:, None] - db["scores"][None]).abs() < 1e-4)
+        )
         assert same.any(1).float().mean() >= min_matched
 
 
@@ -147,9 +158,12 @@ def test_fused_conv_autograd_float64_and_copies():
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         r = torch.randn(2, 16, 9, 7)
-        torch.testing.assert_close(fc(x, residual=r), torch.relu(conv(x).mul(bn.scale_shift()[0].view(1, -1, 1, 1))
-                                                                  + bn.scale_shift()[1].view(1, -1, 1, 1) + r),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            fc(x, residual=r),
+            torch.relu(conv(x).mul(bn.scale_shift()[0].view(1, -1, 1, 1)) + bn.scale_shift()[1].view(1, -1, 1, 1) + r),
+            rtol=1e-5,
+            atol=1e-5,
+        )
         out32 = fc(x)
         c = copy.deepcopy(fc)
         torch.testing.assert_close(c(x), out32)
@@ -210,7 +224,7 @@ def test_topk_above_when_the_sample_misses_the_large_values():
     x[hot_idx] = torch.linspace(0.0, 1.0, hot_idx.numel())
     for thresh in (-float("inf"), -0.5):
         torch.testing.assert_close(topk_above(x, 1000, thresh), _ref_topk_above(x, 1000, thresh), rtol=0, atol=0)
-    assert topk_above(x, 0) .numel() == 0
+    assert topk_above(x, 0).numel() == 0
 
 
 def test_topk_above_ignores_nan():

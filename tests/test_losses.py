@@ -405,7 +405,9 @@ def test_smooth_l1_hand_values():
     assert smooth_l1_loss(inp, tgt, beta=beta, reduction="sum").item() == pytest.approx(sum(want))
     assert smooth_l1_loss(inp, tgt, beta=beta, reduction="mean").item() == pytest.approx(sum(want) / 5)
     # continuity at |d| == beta
-    at = smooth_l1_loss(torch.tensor([beta - 1e-9, beta + 1e-9], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), beta=beta)
+    at = smooth_l1_loss(
+        torch.tensor([beta - 1e-9, beta + 1e-9], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), beta=beta
+    )
     assert at[0].item() == pytest.approx(at[1].item(), abs=1e-8)
 
 

@@ -18,8 +18,16 @@ def _one_thread():
 
 GT = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
 # IoU with GT: 1.0, 0.5 (exactly), 0.45, 0.4 (exactly), 0.39, 0
-ANCHORS = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [0.0, 0.0, 10.0, 4.5],
-                        [0.0, 0.0, 10.0, 4.0], [0.0, 0.0, 10.0, 3.9], [50.0, 50.0, 60.0, 60.0]])
+ANCHORS = torch.tensor(
+    [
+        [0.0, 0.0, 10.0, 10.0],
+        [0.0, 0.0, 10.0, 5.0],
+        [0.0, 0.0, 10.0, 4.5],
+        [0.0, 0.0, 10.0, 4.0],
+        [0.0, 0.0, 10.0, 3.9],
+        [50.0, 50.0, 60.0, 60.0],
+    ]
+)
 
 
 @pytest.mark.parametrize("low_quality", [True, False])
@@ -35,8 +43,12 @@ def test_thresholds_and_ignore_band(low_quality):
 
 def test_low_quality_rescue_keeps_the_anchors_own_best_gt():
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [100.0, 100.0, 110.0, 110.0]])
-    gt = torch.tensor([[0.0, 0.0, 3.0, 10.0],     # best IoU 0.3, reached by anchors 0 and 1 (a tie)
-                       [200.0, 200.0, 210.0, 210.0]])  # overlaps nothing: rescues nothing
+    gt = torch.tensor(
+        [
+            [0.0, 0.0, 3.0, 10.0],  # best IoU 0.3, reached by anchors 0 and 1 (a tie)
+            [200.0, 200.0, 210.0, 210.0],
+        ]
+    )  # overlaps nothing: rescues nothing
     assert Matcher().match(gt, anchors).tolist() == [0, 0, -1]
     assert Matcher(allow_low_quality_matches=False).match(gt, anchors).tolist() == [-1, -1, -1]
     # anchor 0's best gt is gt 1 (IoU 0.45, ignore band); gt 0's best IoU 0.3 is at anchor 0 too:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_factory import randomize_bn
 from torch import nn
 
 from retinanet.modeling.backbone import BACKBONES, build_backbone
@@ -16,10 +17,13 @@ from retinanet.modeling.fpn import FPN, BackboneWithFPN
 from retinanet.modeling.head import RetinaNetHead
 from retinanet.modeling.mobilenet import FoldedSequential
 from retinanet.modeling.norm import FrozenBatchNorm2d
-from retinanet.modeling.weights import (IMAGENET_FILES, WeightsError, WeightsNotFoundError,
-                                        load_backbone_weights, read_state_dict)
-
-from model_factory import randomize_bn
+from retinanet.modeling.weights import (
+    IMAGENET_FILES,
+    WeightsError,
+    WeightsNotFoundError,
+    load_backbone_weights,
+    read_state_dict,
+)
 
 torch.set_num_threads(1)
 
@@ -33,8 +37,9 @@ def n_params(m: nn.Module) -> int:
 def r50_retinanet(p6_from: str) -> nn.Module:
     with torch.device("meta"):
         body = build_backbone("resnet50", norm="bn", freeze_at=0)
-        return nn.ModuleDict({"backbone": BackboneWithFPN(body, FPN(body.out_channels, 256, p6_from)),
-                              "head": RetinaNetHead(256, 9, 91)})
+        return nn.ModuleDict(
+            {"backbone": BackboneWithFPN(body, FPN(body.out_channels, 256, p6_from)), "head": RetinaNetHead(256, 9, 91)}
+        )
 
 
 def tv_resnet_keys(layers: tuple[int, ...], bottleneck: bool) -> set[str]:
@@ -64,12 +69,15 @@ def test_p6_from_c5_parameter_delta():
     assert n_params(r50_retinanet("C5")) - n_params(r50_retinanet("P5")) == delta
 
 
-@pytest.mark.parametrize("name,total,fc", [
-    ("resnet50", 25_557_032, 2048 * 1000 + 1000),
-    ("resnet18", 11_689_512, 512 * 1000 + 1000),
-    ("resnext101_32x8d", 88_791_336, 2048 * 1000 + 1000),
-    ("mobilenet_v2", 3_504_872, 1280 * 1000 + 1000),
-])
+@pytest.mark.parametrize(
+    "name,total,fc",
+    [
+        ("resnet50", 25_557_032, 2048 * 1000 + 1000),
+        ("resnet18", 11_689_512, 512 * 1000 + 1000),
+        ("resnext101_32x8d", 88_791_336, 2048 * 1000 + 1000),
+        ("mobilenet_v2", 3_504_872, 1280 * 1000 + 1000),
+    ],
+)
 def test_body_parameter_counts_equal_torchvision_minus_classifier(name, total, fc):
     with torch.device("meta"):
         body = build_backbone(name, norm="bn", freeze_at=0)
@@ -88,8 +96,9 @@ def test_frozen_bn_body_has_only_conv_parameters():
 # ---------------------------------------------------------------------------------------------- keys
 
 
-@pytest.mark.parametrize("name,layers,bottleneck", [("resnet50", (3, 4, 6, 3), True),
-                                                    ("resnet18", (2, 2, 2, 2), False)])
+@pytest.mark.parametrize(
+    "name,layers,bottleneck", [("resnet50", (3, 4, 6, 3), True), ("resnet18", (2, 2, 2, 2), False)]
+)
 def test_resnet_state_dict_keys_equal_torchvision(name, layers, bottleneck):
     with torch.device("meta"):
         body = build_backbone(name, norm="bn")
@@ -112,8 +121,10 @@ def test_resnext_grouped_width():
     assert body.state_dict()["layer4.0.conv1.weight"].shape == (2048, 1024, 1, 1)
 
 
-@pytest.mark.skipif(importlib.util.find_spec(MOBILENET_PKG) is None,
-                    reason=f"package {MOBILENET_PKG} (real MobileNetV2 ImageNet file) is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec(MOBILENET_PKG) is None,
+    reason=f"package {MOBILENET_PKG} (real MobileNetV2 ImageNet file) is not installed",
+)
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
 def test_mobilenet_v2_loads_real_imagenet_file(norm):
     spec = importlib.util.find_spec(MOBILENET_PKG)
@@ -382,8 +393,7 @@ def test_fpn_odd_input_shapes_and_top_down(p6_from):
     with torch.no_grad():
         cs = body(x)
         ps = model(x)
-    assert [tuple(p.shape) for p in ps] == [(1, 32, math.ceil(100 / 2 ** l), math.ceil(75 / 2 ** l))
-                                            for l in range(3, 8)]
+    assert [tuple(p.shape) for p in ps] == [(1, 32, math.ceil(100 / 2**k), math.ceil(75 / 2**k)) for k in range(3, 8)]
     assert [p6.shape for p6 in [ps[3]]] and fpn.extra_blocks.p6.in_channels == (512 if p6_from == "C5" else 32)
     with torch.no_grad():
         inner = [fpn.inner_blocks[i](cs[i]) for i in range(3)]
@@ -392,8 +402,7 @@ def test_fpn_odd_input_shapes_and_top_down(p6_from):
         m3 = inner[0] + nearest_up(m4, inner[0].shape[-2:])
         p5 = fpn.layer_blocks[2](m5)
         p6 = fpn.extra_blocks.p6(cs[2] if p6_from == "C5" else p5)
-        expected = [fpn.layer_blocks[0](m3), fpn.layer_blocks[1](m4), p5, p6,
-                    fpn.extra_blocks.p7(torch.relu(p6))]
+        expected = [fpn.layer_blocks[0](m3), fpn.layer_blocks[1](m4), p5, p6, fpn.extra_blocks.p7(torch.relu(p6))]
     for got, want in zip(ps, expected):
         torch.testing.assert_close(got, want)
 
@@ -401,8 +410,12 @@ def test_fpn_odd_input_shapes_and_top_down(p6_from):
 def test_fpn_keys_and_init():
     fpn = FPN([32, 96, 1280], 64, p6_from="C5")
     keys = set(fpn.state_dict())
-    assert {"inner_blocks.2.0.weight", "layer_blocks.0.0.bias", "extra_blocks.p6.weight",
-            "extra_blocks.p7.bias"} <= keys
+    assert {
+        "inner_blocks.2.0.weight",
+        "layer_blocks.0.0.bias",
+        "extra_blocks.p6.weight",
+        "extra_blocks.p7.bias",
+    } <= keys
     assert fpn.extra_blocks.p6.weight.shape == (64, 1280, 3, 3)
     assert all(m.bias.abs().sum() == 0 for m in fpn.modules() if isinstance(m, nn.Conv2d))
     w = fpn.inner_blocks[2][0].weight  # kaiming_uniform(a=1): bound sqrt(3 / fan_in)
@@ -470,10 +483,13 @@ def test_head_gn_keys_and_custom_depth():
     head = RetinaNetHead(64, 9, 80, num_convs=3, norm="GN")
     keys = set(head.state_dict())
     for sub in ("classification_head", "regression_head"):
-        assert {f"{sub}.conv.{i}.0.weight" for i in range(3)} | {f"{sub}.conv.{i}.1.weight" for i in range(3)} \
-            | {f"{sub}.conv.{i}.1.bias" for i in range(3)} <= keys
+        assert {f"{sub}.conv.{i}.0.weight" for i in range(3)} | {f"{sub}.conv.{i}.1.weight" for i in range(3)} | {
+            f"{sub}.conv.{i}.1.bias" for i in range(3)
+        } <= keys
         assert f"{sub}.conv.3.0.weight" not in keys and f"{sub}.conv.0.0.bias" not in keys
-        assert isinstance(getattr(head, sub).conv[0][1], nn.GroupNorm) and getattr(head, sub).conv[0][1].num_groups == 32
+        assert (
+            isinstance(getattr(head, sub).conv[0][1], nn.GroupNorm) and getattr(head, sub).conv[0][1].num_groups == 32
+        )
     assert head.classification_head.cls_logits.weight.shape == (9 * 80, 64, 3, 3)
     assert head.regression_head.bbox_reg.weight.shape == (36, 64, 3, 3)
     plain = RetinaNetHead(256, 9, 91)
@@ -485,8 +501,9 @@ def test_channels_last_end_to_end_matches_contiguous():
     torch.manual_seed(0)
     body = build_backbone("resnet18")
     randomize_bn(body)
-    model = nn.ModuleDict({"backbone": BackboneWithFPN(body, FPN(body.out_channels, 32)),
-                           "head": RetinaNetHead(32, 9, 4, num_convs=2)}).eval()
+    model = nn.ModuleDict(
+        {"backbone": BackboneWithFPN(body, FPN(body.out_channels, 32)), "head": RetinaNetHead(32, 9, 4, num_convs=2)}
+    ).eval()
     x = torch.randn(1, 3, 72, 56)
     with torch.no_grad():
         ref = model["head"](model["backbone"](x))
@@ -507,5 +524,8 @@ def test_training_backward_through_frozen_body():
 
 
 def test_all_backbones_registered():
-    assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                              "resnext101_32x8d", "mobilenet_v2"} == set(IMAGENET_FILES)
+    assert (
+        set(BACKBONES)
+        == {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d", "mobilenet_v2"}
+        == set(IMAGENET_FILES)
+    )

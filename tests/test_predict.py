@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_factory import CATEGORY_IDS, CLASS_NAMES, make_checkpoint, write_image
 from PIL import Image
 
-from model_factory import CATEGORY_IDS, CLASS_NAMES, make_checkpoint, write_image
 from retinanet import Predictor
 from retinanet.cli import main
 from retinanet.inference.predictor import find_images
@@ -62,10 +62,13 @@ def test_boxes_are_mapped_back_to_file_pixels(predictor):
     """The network input is the image resized x2 (48 -> 96 px); the predictor's boxes must be the
     network's boxes divided by 2 (a predictor that skipped the mapping would be off by 2x). The
     model without ``output_sizes`` returns boxes in the pixels of its input."""
-    arr = np.asarray(Image.fromarray(
-        np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)))
-    target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64), "image_id": 0,
-              "orig_size": (48, 64)}
+    arr = np.asarray(Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)))
+    target = {
+        "boxes": torch.zeros((0, 4)),
+        "labels": torch.zeros((0,), dtype=torch.int64),
+        "image_id": 0,
+        "orig_size": (48, 64),
+    }
     image, t = predictor.transforms(arr, target)
     assert tuple(image.shape[-2:]) == (96, 128) and tuple(t["size"]) == (96, 128)
     with torch.no_grad():
@@ -94,8 +97,20 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 def test_cli_single_image_writes_coco_results_and_png(ckpt, predictor, tmp_path, capsys):
     img = write_image(tmp_path / "in" / "scene.jpg", h=48, w=64, seed=1)
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "predict", "--weights", str(ckpt), str(img), "--out", str(out),
-                             "--no-progress", "--device", "cpu", "--draw-thresh", "0")
+    code, stdout, err = _run(
+        capsys,
+        "predict",
+        "--weights",
+        str(ckpt),
+        str(img),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--draw-thresh",
+        "0",
+    )
     assert code == 0, err
     assert "1 images, 20 detections" in stdout
     results = json.loads((out / "predictions.json").read_text())
@@ -132,16 +147,38 @@ def test_cli_list_file_and_folder_and_score_threshold(ckpt, tmp_path, capsys):
     assert find_images([listing]) == [c, folder / "sub" / "b.png"]
 
     out_list = tmp_path / "out_list"
-    code, stdout, err = _run(capsys, "predict", "--weights", str(ckpt), str(listing), "--out", str(out_list),
-                             "--no-progress", "--device", "cpu")
+    code, stdout, err = _run(
+        capsys,
+        "predict",
+        "--weights",
+        str(ckpt),
+        str(listing),
+        "--out",
+        str(out_list),
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     res_list = json.loads((out_list / "predictions.json").read_text())
     assert [r["file_name"] for r in res_list] == [str(c)] * 20 + [str(folder / "sub" / "b.png")] * 20
     assert sorted(p.name for p in out_list.glob("*.png")) == ["b_pred.png", "c_pred.png"]
 
     out_dir = tmp_path / "out_dir"
-    code, stdout, err = _run(capsys, "predict", "--weights", str(ckpt), str(folder), "--out", str(out_dir),
-                             "--no-progress", "--device", "cpu", "--batch-size", "2")
+    code, stdout, err = _run(
+        capsys,
+        "predict",
+        "--weights",
+        str(ckpt),
+        str(folder),
+        "--out",
+        str(out_dir),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    )
     assert code == 0, err
     assert "3 images, 60 detections" in stdout
     res_dir = json.loads((out_dir / "predictions.json").read_text())
@@ -155,8 +192,21 @@ def test_cli_list_file_and_folder_and_score_threshold(ckpt, tmp_path, capsys):
     # --score-thresh: only detections above it, a strict subset of the unthresholded ones
     thr = float(np.median([r["score"] for r in res_dir]))
     out_thr = tmp_path / "out_thr"
-    code, stdout, err = _run(capsys, "predict", "--weights", str(ckpt), str(folder), "--out", str(out_thr),
-                             "--no-progress", "--device", "cpu", "--score-thresh", str(thr), "--no-draw")
+    code, stdout, err = _run(
+        capsys,
+        "predict",
+        "--weights",
+        str(ckpt),
+        str(folder),
+        "--out",
+        str(out_thr),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--score-thresh",
+        str(thr),
+        "--no-draw",
+    )
     assert code == 0, err
     res_thr = json.loads((out_thr / "predictions.json").read_text())
     assert 0 < len(res_thr) < len(res_dir)
@@ -169,8 +219,18 @@ def test_cli_list_file_and_folder_and_score_threshold(ckpt, tmp_path, capsys):
 def test_cli_same_file_name_in_two_folders_keeps_both_pictures(ckpt, tmp_path, capsys):
     write_image(tmp_path / "x" / "im.png", seed=1)
     write_image(tmp_path / "y" / "im.png", seed=2)
-    code, _, err = _run(capsys, "predict", "--weights", str(ckpt), str(tmp_path / "x"), str(tmp_path / "y"),
-                        "--out", str(tmp_path / "o"), "--device", "cpu")
+    code, _, err = _run(
+        capsys,
+        "predict",
+        "--weights",
+        str(ckpt),
+        str(tmp_path / "x"),
+        str(tmp_path / "y"),
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert "predict: 100%" in err and "2/2" in err  # the progress bar (on by default)
     assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["im_1_pred.png", "im_pred.png"]

@@ -22,16 +22,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_factory import (
+    assert_same_tensors,
+    cli_command,
+    make_coco_split,
+    momentum_buffers,
+    subprocess_env,
+    tiny_config,
+    write_config,
+)
 
 from retinanet.cli import main
 from retinanet.config import config_from_dict
+from retinanet.modeling.retinanet import RetinaNet
 from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, latest_checkpoint, list_checkpoints
 from retinanet.training.trainer import Trainer, TrainingDiverged
 from retinanet.utils import serialization
 from retinanet.utils.serialization import load_file
-from retinanet.modeling.retinanet import RetinaNet
-from train_factory import (assert_same_tensors, cli_command, make_coco_split, momentum_buffers, subprocess_env,
-                           tiny_config, write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +46,13 @@ MAX_ITER, PERIOD = 12, 3
 
 
 def _cfg_dict(data: dict, out: Path, workers: int = 0, **solver) -> dict:
-    d = tiny_config({k: v for k, v in data.items() if not k.startswith("val_")}, out,
-                    solver={"max_iter": MAX_ITER, **solver},
-                    train={"checkpoint_period": PERIOD},
-                    data={"num_workers": workers})
+    d = tiny_config(
+        {k: v for k, v in data.items() if not k.startswith("val_")},
+        out,
+        solver={"max_iter": MAX_ITER, **solver},
+        train={"checkpoint_period": PERIOD},
+        data={"num_workers": workers},
+    )
     d["model"]["loss_normalizer"] = "ema"  # one more piece of state that resuming must restore
     return d
 
@@ -145,8 +155,13 @@ def test_sigkill_at_a_random_step_then_resume(data, reference, tmp_path, caplog)
     kill_after = random.Random(seed).randint(PERIOD + 1, MAX_ITER - 4)  # after >= 1 checkpoint
     out = tmp_path / "run"
     cfg_path = write_config(tmp_path / "c.yaml", _cfg_dict(data, out))
-    proc = subprocess.Popen(cli_command("train", str(cfg_path), "--no-progress"), env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_command("train", str(cfg_path), "--no-progress"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = _wait_for_iteration(proc, out / "metrics.jsonl", kill_after)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -180,8 +195,14 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint_and_resume_finishes(data, refere
     cfg_path = write_config(tmp_path / "c.yaml", _cfg_dict(data, out, workers=1))
     # a new session: the signal goes to the whole process group, DataLoader worker included, as from
     # a terminal's Ctrl-C
-    proc = subprocess.Popen(cli_command("train", str(cfg_path), "--no-progress"), env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cli_command("train", str(cfg_path), "--no-progress"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     _wait_for_iteration(proc, out / "metrics.jsonl", PERIOD + 1)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -272,8 +293,10 @@ def test_skip_nonfinite_skips_and_counts(data, tmp_path, nan_at):
     s1, s2, s3 = (load_file(out / f"model_{i:07d}.pth") for i in (1, 2, 3))
     assert_same_tensors(s1["model"], s2["model"], "skipped step ")
     assert all(torch.equal(a, b) for a, b in zip(momentum_buffers(s1), momentum_buffers(s2)))
-    assert not torch.equal(s2["model"]["head.classification_head.cls_logits.weight"],
-                           s3["model"]["head.classification_head.cls_logits.weight"])
+    assert not torch.equal(
+        s2["model"]["head.classification_head.cls_logits.weight"],
+        s3["model"]["head.classification_head.cls_logits.weight"],
+    )
 
 
 # ------------------------------------------------------------------------------------ file system

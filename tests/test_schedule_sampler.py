@@ -24,8 +24,15 @@ def test_paper_schedule():
 
 
 def test_cosine_schedule():
-    kw = dict(base_lr=0.02, max_iter=1000, warmup_iters=100, warmup_factor=0.001, steps=(2 / 3, 8 / 9), gamma=0.1,
-              schedule="cosine")
+    kw = dict(
+        base_lr=0.02,
+        max_iter=1000,
+        warmup_iters=100,
+        warmup_factor=0.001,
+        steps=(2 / 3, 8 / 9),
+        gamma=0.1,
+        schedule="cosine",
+    )
     assert lr_at(0, **kw) == pytest.approx(0.02 * 0.001)
     # warmup multiplies the cosine value: at 50, half warmed up and cos(pi * 0.05) on the way down
     assert lr_at(50, **kw) == pytest.approx(0.02 * (0.001 * 0.5 + 0.5) * 0.5 * (1 + math.cos(math.pi * 0.05)))
@@ -105,13 +112,19 @@ def test_seeded_dataset_makes_augmentation_a_function_of_the_sample():
 def test_backbone_lr_factor_gives_the_backbone_its_own_learning_rate(tmp_path, factor):
     """solver.backbone_lr_factor: the backbone body's trainable parameters step at lr * factor, the
     FPN and head at lr; with 1.0 there is one parameter group (old checkpoints resume)."""
-    from retinanet.config import config_from_dict
-    from retinanet.training.trainer import Trainer
     from train_factory import make_coco_split, tiny_config
 
+    from retinanet.config import config_from_dict
+    from retinanet.training.trainer import Trainer
+
     data = make_coco_split(tmp_path / "data")
-    cfg = config_from_dict(tiny_config(data, tmp_path / "out", solver={"max_iter": 2, "backbone_lr_factor": factor,
-                                                                      "momentum": 0.0, "weight_decay": 0.0}))
+    cfg = config_from_dict(
+        tiny_config(
+            data,
+            tmp_path / "out",
+            solver={"max_iter": 2, "backbone_lr_factor": factor, "momentum": 0.0, "weight_decay": 0.0},
+        )
+    )
     seen = []
     trainer = Trainer(cfg, progress=False, hooks=[lambda t: seen.append([g["lr"] for g in t.optimizer.param_groups])])
     trainer.train()

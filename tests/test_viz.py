@@ -31,8 +31,7 @@ def _grey(h: int = 200, w: int = 240) -> np.ndarray:
 
 def test_box_outline_has_the_class_colour_and_far_pixels_are_untouched() -> None:
     img = _grey()
-    out = draw_detections(img, [[50, 60, 150, 140]], [2], [0.93], class_names=["a", "b", "cat"],
-                          color_map={2: RED})
+    out = draw_detections(img, [[50, 60, 150, 140]], [2], [0.93], class_names=["a", "b", "cat"], color_map={2: RED})
     arr = np.asarray(out)
     assert out.size == (240, 200)
     assert tuple(arr[139, 100]) == RED  # bottom edge (x2, y2 exclusive)
@@ -48,11 +47,9 @@ def test_box_outline_has_the_class_colour_and_far_pixels_are_untouched() -> None
 
 def test_tag_moves_inside_when_the_box_touches_the_top() -> None:
     names = ["a-long-name"]
-    arr = np.asarray(draw_detections(_grey(), [[20, 0, 120, 80]], [0], class_names=names,
-                                     color_map={0: RED}))
+    arr = np.asarray(draw_detections(_grey(), [[20, 0, 120, 80]], [0], class_names=names, color_map={0: RED}))
     assert (arr[2:10, 22:60] == RED).all(axis=2).sum() > 100
-    other = np.asarray(draw_detections(_grey(), [[20, 40, 120, 120]], [0], class_names=names,
-                                       color_map={0: RED}))
+    other = np.asarray(draw_detections(_grey(), [[20, 40, 120, 120]], [0], class_names=names, color_map={0: RED}))
     assert (other[0:40, 22:60] == RED).all(axis=2).sum() > 100  # above when there is room
     assert (other[42:50, 22:60] == GREY).all()  # and not inside
     assert tuple(other[60, 70]) == GREY
@@ -73,8 +70,9 @@ def test_score_threshold_and_default_colours() -> None:
 def test_accepts_float_chw_and_tensors() -> None:
     torch = pytest.importorskip("torch")
     chw = torch.full((3, 50, 60), 0.5)
-    out = draw_detections(chw, torch.tensor([[5.0, 5.0, 40.0, 40.0]]), torch.tensor([0]),
-                          torch.tensor([0.7]), color_map={0: RED})
+    out = draw_detections(
+        chw, torch.tensor([[5.0, 5.0, 40.0, 40.0]]), torch.tensor([0]), torch.tensor([0.7]), color_map={0: RED}
+    )
     assert out.size == (60, 50)
     assert tuple(np.asarray(out)[39, 20]) == RED
 
@@ -125,8 +123,16 @@ def _write_log(path: Path, rows: list[dict]) -> Path:
 
 
 def _train_rows(n: int = 200, step: int = 5) -> list[dict]:
-    return [{"iter": i, "loss": 2.0 / (1 + i), "loss_cls": 1.5 / (1 + i), "loss_box": 0.5 / (1 + i),
-             "lr": 0.01 * min(1.0, (i + 1) / 20)} for i in range(0, n, step)]
+    return [
+        {
+            "iter": i,
+            "loss": 2.0 / (1 + i),
+            "loss_cls": 1.5 / (1 + i),
+            "loss_box": 0.5 / (1 + i),
+            "lr": 0.01 * min(1.0, (i + 1) / 20),
+        }
+        for i in range(0, n, step)
+    ]
 
 
 def _ink(img: np.ndarray) -> float:
@@ -157,8 +163,10 @@ def test_read_training_curves_series(tmp_path: Path) -> None:
     np.testing.assert_array_equal(c.losses["loss_cls"], [[0, 1.6], [10, 0.8]])  # inf dropped
     np.testing.assert_array_equal(c.lr, [[0, 0.001], [5, 0.005], [10, 0.01]])
     assert c.ap == {}
-    ev = rows + [{"iter": 10, "bbox/AP": 0.3, "bbox/AP50": 0.6, "bbox/APs": 0.1},
-                 {"iter": 5, "bbox/AP": float("nan"), "bbox/AP50": 0.5}]
+    ev = rows + [
+        {"iter": 10, "bbox/AP": 0.3, "bbox/AP50": 0.6, "bbox/APs": 0.1},
+        {"iter": 5, "bbox/AP": float("nan"), "bbox/AP50": 0.5},
+    ]
     c = read_training_curves(_write_log(tmp_path / "e.jsonl", ev))
     assert sorted(c.ap) == ["AP", "AP50"]  # AP75 absent, APs not plotted
     np.testing.assert_array_equal(c.ap["AP"], [[10, 0.3]])
@@ -216,6 +224,7 @@ def test_plot_training_curves_empty_panels_and_errors(tmp_path: Path) -> None:
 
 
 def test_matplotlib_is_imported_only_to_plot() -> None:
-    code = ("import sys, retinanet, retinanet.viz\n"
-            "assert 'matplotlib' not in sys.modules, 'imported with retinanet.viz'\n")
+    code = (
+        "import sys, retinanet, retinanet.viz\nassert 'matplotlib' not in sys.modules, 'imported with retinanet.viz'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

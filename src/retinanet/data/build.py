@@ -40,19 +40,26 @@ def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
         tf = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size, flip_prob=0.0)
     if d.format == "coco":
         images = _need(d.train_images if train else d.val_images, f"data.{'train' if train else 'val'}_images")
-        ann = _need(d.train_annotations if train else d.val_annotations,
-                    f"data.{'train' if train else 'val'}_annotations")
+        ann = _need(
+            d.train_annotations if train else d.val_annotations, f"data.{'train' if train else 'val'}_annotations"
+        )
         ds: DetectionDataset = CocoDetection(images, ann, transforms=tf, skip_bad_images=d.skip_bad_images)
     else:
         root = _need(d.voc_root, "data.voc_root")
-        ds = VOCDetection(root, split=d.train_split if train else d.val_split,
-                          class_names=d.class_names or VOC_CLASSES, transforms=tf,
-                          skip_bad_images=d.skip_bad_images)
+        ds = VOCDetection(
+            root,
+            split=d.train_split if train else d.val_split,
+            class_names=d.class_names or VOC_CLASSES,
+            transforms=tf,
+            skip_bad_images=d.skip_bad_images,
+        )
     k = len(ds.class_names)
     if k != cfg.model.num_classes:
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset "
-                          f"({'train' if train else 'val'}) has {k} classes: {list(ds.class_names)[:10]}"
-                          f"{' ...' if k > 10 else ''}. Set model.num_classes={k}.")
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset "
+            f"({'train' if train else 'val'}) has {k} classes: {list(ds.class_names)[:10]}"
+            f"{' ...' if k > 10 else ''}. Set model.num_classes={k}."
+        )
     return ds
 
 
@@ -69,7 +76,10 @@ class _Shard(torch.utils.data.Sampler[int]):
 
 def build_eval_loader(dataset: DetectionDataset, cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
     """This process's share of ``dataset`` in batches of ``data.test_batch_size``."""
-    return DataLoader(dataset, batch_size=cfg.data.test_batch_size,
-                      sampler=_Shard(len(dataset), rank, world_size),
-                      num_workers=cfg.data.num_workers,
-                      collate_fn=collate)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.data.test_batch_size,
+        sampler=_Shard(len(dataset), rank, world_size),
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+    )

@@ -99,8 +99,9 @@ class CocoDetection(DetectionDataset):
 
     def _entries(self, data: dict[str, Any], key: str) -> list[Any]:
         if key not in data:
-            raise self._err(f"missing top-level key '{key}' (a COCO detection file has 'images', "
-                            "'annotations' and 'categories')")
+            raise self._err(
+                f"missing top-level key '{key}' (a COCO detection file has 'images', 'annotations' and 'categories')"
+            )
         v = data[key]
         if not isinstance(v, list):
             raise self._err(f"'{key}' must be a list, got {type(v).__name__}")
@@ -140,8 +141,10 @@ class CocoDetection(DetectionDataset):
                 by_name.setdefault(cat_by_id[cid]["name"], cid)
             missing = [n for n in class_names if n not in by_name]
             if missing:
-                raise self._err(f"class_names {missing} are not category names of this file "
-                                f"(it has: {[cat_by_id[c]['name'] for c in sorted_ids]})")
+                raise self._err(
+                    f"class_names {missing} are not category names of this file "
+                    f"(it has: {[cat_by_id[c]['name'] for c in sorted_ids]})"
+                )
             if len(set(class_names)) != len(class_names):
                 raise self._err(f"class_names has duplicates: {list(class_names)}")
             for n in class_names:
@@ -174,8 +177,10 @@ class CocoDetection(DetectionDataset):
                 raise self._err(f"duplicate image id {iid}: images[{index_of_id[iid]}] and images[{i}]")
             if name in index_of_name:
                 j = index_of_name[name]
-                raise self._err(f"image listed twice: file_name {name!r} is images[{j}] (id {images[j]['id']}) "
-                                f"and images[{i}] (id {iid}); merge them into one entry")
+                raise self._err(
+                    f"image listed twice: file_name {name!r} is images[{j}] (id {images[j]['id']}) "
+                    f"and images[{i}] (id {iid}); merge them into one entry"
+                )
             index_of_id[int(iid)] = i
             index_of_name[name] = i
             file_names.append(name)
@@ -183,8 +188,10 @@ class CocoDetection(DetectionDataset):
             if h is None or w is None:
                 hw[i] = read_image_size(os.path.join(self.image_dir, name), f"{self.ann_file}: images[{i}] (id {iid})")
             elif not (_is_num(h) and _is_num(w) and h > 0 and w > 0 and math.isfinite(h) and math.isfinite(w)):
-                raise self._err(f"images[{i}] (id {iid}, {name}): width/height must be positive numbers, "
-                                f"got width={w!r}, height={h!r}")
+                raise self._err(
+                    f"images[{i}] (id {iid}, {name}): width/height must be positive numbers, "
+                    f"got width={w!r}, height={h!r}"
+                )
             else:
                 hw[i] = (int(round(h)), int(round(w)))
 
@@ -206,15 +213,23 @@ class CocoDetection(DetectionDataset):
                 raise self._err(f"annotations[{j}] (id {a.get('id')!r}) has no '{k}'") from None
             if type(aid) is not int:
                 raise self._err(f"annotations[{j}]: 'id' must be an integer, got {aid!r}")
-            if not (type(b) is list and len(b) == 4 and type(b[0]) in num and type(b[1]) in num
-                    and type(b[2]) in num and type(b[3]) in num):
+            if not (
+                type(b) is list
+                and len(b) == 4
+                and type(b[0]) in num
+                and type(b[1]) in num
+                and type(b[2]) in num
+                and type(b[3]) in num
+            ):
                 raise self._err(f"annotation id {aid}: 'bbox' must be 4 numbers [x, y, w, h], got {b!r:.100}")
             img_i = index_of_id.get(iid) if type(iid) is int else None
             if img_i is None:
                 raise self._err(f"annotation id {aid}: unknown image_id {iid!r} (not in 'images')")
             if type(cid) is not int or cid not in cat_by_id:
-                raise self._err(f"annotation id {aid}: unknown category_id {cid!r} "
-                                f"(declared categories: {sorted_ids[:20]}{' ...' if len(sorted_ids) > 20 else ''})")
+                raise self._err(
+                    f"annotation id {aid}: unknown category_id {cid!r} "
+                    f"(declared categories: {sorted_ids[:20]}{' ...' if len(sorted_ids) > 20 else ''})"
+                )
             area = a.get("area")
             ids_l.append(aid)
             img_l.append(img_i)
@@ -232,8 +247,17 @@ class CocoDetection(DetectionDataset):
         xyxy = boxes.copy()
         xyxy[:, 2:] += xyxy[:, :2]
         self._build(
-            image_root=self.image_dir, file_names=file_names, image_ids=np.array(list(index_of_id), dtype=np.int64),
-            hw=hw, ann_image=ann_image, ann_ids=ann_ids, ann_xyxy=xyxy, ann_label=ann_label,
-            ann_crowd=ann_crowd, ann_area=ann_area, ann_train=~ann_crowd, categories=categories,
+            image_root=self.image_dir,
+            file_names=file_names,
+            image_ids=np.array(list(index_of_id), dtype=np.int64),
+            hw=hw,
+            ann_image=ann_image,
+            ann_ids=ann_ids,
+            ann_xyxy=xyxy,
+            ann_label=ann_label,
+            ann_crowd=ann_crowd,
+            ann_area=ann_area,
+            ann_train=~ann_crowd,
+            categories=categories,
             ann_xywh=boxes,
         )

@@ -69,8 +69,12 @@ class BoxStatus:
     NONFINITE = 2
     NONPOSITIVE = 3
     OUTSIDE = 4
-    REASONS = {1: "clipped to the image", 2: "dropped: NaN or inf coordinate",
-               3: "dropped: zero or negative width/height", 4: "dropped: outside the image"}
+    REASONS = {
+        1: "clipped to the image",
+        2: "dropped: NaN or inf coordinate",
+        3: "dropped: zero or negative width/height",
+        4: "dropped: outside the image",
+    }
 
 
 def sanitize_boxes(xyxy: np.ndarray, hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,14 +191,19 @@ class DetectionDataset(Dataset):
         st["images_without_boxes"] = int((counts == 0).sum())
         logger.info(
             "%s: %d images, %d training boxes, %d classes, %d images without boxes",
-            self.source, n_img, st["boxes"], len(self.class_names), st["images_without_boxes"],
+            self.source,
+            n_img,
+            st["boxes"],
+            len(self.class_names),
+            st["images_without_boxes"],
         )
 
     def _describe_ann(self, j: int, ann_image: np.ndarray, ann_ids: np.ndarray) -> str:
         return f"annotation id {int(ann_ids[j])} in {self._file_name(int(ann_image[j]))}"
 
-    def _report(self, status: np.ndarray, selected: np.ndarray, ann_image: np.ndarray,
-                ann_ids: np.ndarray, ann_xyxy: np.ndarray) -> None:
+    def _report(
+        self, status: np.ndarray, selected: np.ndarray, ann_image: np.ndarray, ann_ids: np.ndarray, ann_xyxy: np.ndarray
+    ) -> None:
         status = np.where(selected, status, BoxStatus.OK)  # ignored categories are not reported
         counts = np.bincount(status, minlength=5)
         self.stats = {
@@ -211,15 +220,25 @@ class DetectionDataset(Dataset):
         logger.warning(
             "%s: %d box(es) dropped (%d NaN/inf, %d zero or negative size, %d outside the image), "
             "%d clipped to the image; e.g. %s: bbox %s %s. Details: DEBUG level of logger 'retinanet.data'",
-            self.source, dropped, counts[BoxStatus.NONFINITE], counts[BoxStatus.NONPOSITIVE],
-            counts[BoxStatus.OUTSIDE], counts[BoxStatus.CLIPPED],
-            self._describe_ann(first, ann_image, ann_ids), _fmt_box(ann_xyxy[first]),
+            self.source,
+            dropped,
+            counts[BoxStatus.NONFINITE],
+            counts[BoxStatus.NONPOSITIVE],
+            counts[BoxStatus.OUTSIDE],
+            counts[BoxStatus.CLIPPED],
+            self._describe_ann(first, ann_image, ann_ids),
+            _fmt_box(ann_xyxy[first]),
             BoxStatus.REASONS[int(status[first])],
         )
         if logger.isEnabledFor(logging.DEBUG):
             for j in bad.tolist():
-                logger.debug("%s: %s: bbox %s %s", self.source, self._describe_ann(j, ann_image, ann_ids),
-                             _fmt_box(ann_xyxy[j]), BoxStatus.REASONS[int(status[j])])
+                logger.debug(
+                    "%s: %s: bbox %s %s",
+                    self.source,
+                    self._describe_ann(j, ann_image, ann_ids),
+                    _fmt_box(ann_xyxy[j]),
+                    BoxStatus.REASONS[int(status[j])],
+                )
 
     # ---------------------------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -258,10 +277,16 @@ class DetectionDataset(Dataset):
             if i not in self._size_warned:
                 self._size_warned.add(i)
                 logger.warning(
-                    "%s: the image is %dx%d (w x h) but %s says %dx%d; its boxes are clipped to the image"
-                    "%s", path, w, h, self.source, rec_w, rec_h,
+                    "%s: the image is %dx%d (w x h) but %s says %dx%d; its boxes are clipped to the image%s",
+                    path,
+                    w,
+                    h,
+                    self.source,
+                    rec_w,
+                    rec_h,
                     " (the file has an EXIF rotation? annotation sizes may refer to the stored pixels)"
-                    if (h, w) == (rec_w, rec_h) else "",
+                    if (h, w) == (rec_w, rec_h)
+                    else "",
                 )
             c, status = sanitize_boxes(boxes, np.array([[h, w]]))
             ok = status <= BoxStatus.CLIPPED
@@ -298,16 +323,21 @@ class DetectionDataset(Dataset):
                 self.bad_images[path] = str(e)
                 self.num_skipped += 1
                 logger.warning("skipping bad image (%d skipped so far): %s", self.num_skipped, e)
-        raise DataError(f"{self.source}: none of the {n} images could be loaded; first error: "
-                        f"{next(iter(self.bad_images.values()))}")
+        raise DataError(
+            f"{self.source}: none of the {n} images could be loaded; first error: "
+            f"{next(iter(self.bad_images.values()))}"
+        )
 
     # ---------------------------------------------------------------------------------- evaluation
     def coco_gt(self) -> dict[str, Any]:
         """COCO ground truth dict (images, annotations, categories) for evaluation; see the module docstring."""
         ids = self._gt_ann_ids
         if len(ids) and (ids.min() <= 0 or len(np.unique(ids)) != len(ids)):
-            logger.warning("%s: annotation ids are not unique positive numbers; coco_gt() renumbers them 1..%d",
-                           self.source, len(ids))
+            logger.warning(
+                "%s: annotation ids are not unique positive numbers; coco_gt() renumbers them 1..%d",
+                self.source,
+                len(ids),
+            )
             ids = np.arange(1, len(ids) + 1, dtype=np.int64)
         cat_ids = np.asarray(self.label_to_category_id, dtype=np.int64)[self._gt_label]
         img_ids = self._image_ids[self._gt_image]
@@ -317,8 +347,14 @@ class DetectionDataset(Dataset):
         ]
         annotations = [
             {"id": a, "image_id": im, "category_id": c, "bbox": list(b), "area": ar, "iscrowd": int(cr)}
-            for a, im, c, b, ar, cr in zip(ids.tolist(), img_ids.tolist(), cat_ids.tolist(),
-                                           self._gt_xywh.tolist(), self._gt_area.tolist(), self._gt_crowd.tolist())
+            for a, im, c, b, ar, cr in zip(
+                ids.tolist(),
+                img_ids.tolist(),
+                cat_ids.tolist(),
+                self._gt_xywh.tolist(),
+                self._gt_area.tolist(),
+                self._gt_crowd.tolist(),
+            )
         ]
         categories = [dict(c) for c in sorted(self._categories, key=lambda c: c["id"])]
         return {"images": images, "annotations": annotations, "categories": categories}
@@ -334,8 +370,10 @@ class DetectionDataset(Dataset):
         return coco
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.source!r}, images={len(self)}, classes={len(self.class_names)}, "
-                f"boxes={self.stats.get('boxes', 0)})")
+        return (
+            f"{type(self).__name__}({self.source!r}, images={len(self)}, classes={len(self.class_names)}, "
+            f"boxes={self.stats.get('boxes', 0)})"
+        )
 
 
 def _fmt_box(b: Any) -> str:

@@ -45,13 +45,23 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
         shuffle: random permutation per epoch (else 0..n-1 in order).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_iter: int = 0,
-                 max_iter: int | None = None, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int = 0,
+        start_iter: int = 0,
+        max_iter: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
         if num_samples <= 0:
             raise ValueError("the training dataset is empty")
         if batch_size % world_size != 0:
-            raise ValueError(f"solver.batch_size={batch_size} must be divisible by the number of processes "
-                             f"({world_size})")
+            raise ValueError(
+                f"solver.batch_size={batch_size} must be divisible by the number of processes ({world_size})"
+            )
         self.n, self.batch_size, self.seed = num_samples, batch_size, seed
         self.start_iter, self.max_iter = start_iter, max_iter
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
@@ -80,7 +90,7 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
         epoch = self.epoch_of(iteration)
         b = iteration % self.batches_per_epoch
         perm = self._permutation(epoch)
-        idx = perm[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+        idx = perm[b * self.batch_size : (b + 1) * self.batch_size].tolist()
         return [(i, epoch) for i in idx]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -88,7 +98,7 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
         it = self.start_iter
         while self.max_iter is None or it < self.max_iter:
             batch = self.global_batch(it)
-            yield batch[self.rank * share:(self.rank + 1) * share]
+            yield batch[self.rank * share : (self.rank + 1) * share]
             it += 1
 
     def __len__(self) -> int:

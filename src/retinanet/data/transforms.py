@@ -101,7 +101,10 @@ def _resize_image(image: ImageLike, new_h: int, new_w: int) -> ImageLike:
     h, w = image.shape[-2:]
     src = image if image.is_floating_point() else image.float()
     out = F.interpolate(
-        src[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+        src[None],
+        size=(new_h, new_w),
+        mode="bilinear",
+        align_corners=False,
         antialias=bool(new_h < h or new_w < w),
     )[0]
     if not image.is_floating_point():

@@ -36,8 +36,25 @@ from retinanet.data.image_io import PathLike, read_image_size
 __all__ = ["VOCDetection", "VOC_CLASSES"]
 
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 )
 
@@ -126,7 +143,9 @@ class VOCDetection(DetectionDataset):
                         f"{xml_path}: object {k}: class name {name!r} is not in the class list "
                         f"({len(self.class_names)} classes: {', '.join(self.class_names[:25])}"
                         f"{' ...' if len(self.class_names) > 25 else ''}); pass class_names=[...] "
-                        "with every class of the dataset", xml_path)
+                        "with every class of the dataset",
+                        xml_path,
+                    )
                 bb = obj.find("bndbox")
                 if bb is None:
                     raise DataError(f"{xml_path}: object {k} ({name}) has no <bndbox>", xml_path)
@@ -143,11 +162,17 @@ class VOCDetection(DetectionDataset):
         xyxy = np.asarray(boxes, dtype=np.float64).reshape(m, 4)
         categories = [{"id": c, "name": n} for c, n in zip(self.label_to_category_id, self.class_names)]
         self._build(
-            image_root=image_dir, file_names=[i + image_ext for i in ids],
-            image_ids=np.arange(len(ids), dtype=np.int64), hw=hw,
-            ann_image=np.asarray(ann_image, dtype=np.int64), ann_ids=np.arange(1, m + 1, dtype=np.int64),
-            ann_xyxy=xyxy, ann_label=np.asarray(ann_label, dtype=np.int64), ann_crowd=diff,
-            ann_area=np.full(m, np.nan), ann_train=np.ones(m, dtype=bool) if self.use_difficult else ~diff,
+            image_root=image_dir,
+            file_names=[i + image_ext for i in ids],
+            image_ids=np.arange(len(ids), dtype=np.int64),
+            hw=hw,
+            ann_image=np.asarray(ann_image, dtype=np.int64),
+            ann_ids=np.arange(1, m + 1, dtype=np.int64),
+            ann_xyxy=xyxy,
+            ann_label=np.asarray(ann_label, dtype=np.int64),
+            ann_crowd=diff,
+            ann_area=np.full(m, np.nan),
+            ann_train=np.ones(m, dtype=bool) if self.use_difficult else ~diff,
             categories=categories,
         )
         self.stats["difficult"] = int(self._gt_crowd.sum())

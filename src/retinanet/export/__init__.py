@@ -3,5 +3,13 @@
 from retinanet.export.detector import DetectorNetwork, DetectorSpec, ExportableDetector
 from retinanet.export.exporter import FORMATS, ExportError, export_model, load_exported, read_metadata
 
-__all__ = ["DetectorNetwork", "DetectorSpec", "ExportableDetector", "FORMATS", "ExportError", "export_model",
-           "load_exported", "read_metadata"]
+__all__ = [
+    "DetectorNetwork",
+    "DetectorSpec",
+    "ExportableDetector",
+    "FORMATS",
+    "ExportError",
+    "export_model",
+    "load_exported",
+    "read_metadata",
+]

@@ -49,12 +49,20 @@ class DetectorSpec:
     @classmethod
     def of(cls, model: RetinaNet) -> "DetectorSpec":
         gen, post = model.anchor_generator, model.postprocessor
-        return cls(pixel_mean=model.pixel_mean.flatten().tolist(), pixel_std=model.pixel_std.flatten().tolist(),
-                   size_divisibility=model.size_divisibility, strides=[int(s) for s in gen.strides],
-                   cell_anchors=[c.tolist() for c in gen.cell_anchors], anchor_offset=float(gen.offset),
-                   box_coder_weights=list(model.box_coder.weights), scale_clamp=model.box_coder.scale_clamp,
-                   score_thresh=post.score_thresh, topk_candidates=post.topk_candidates,
-                   nms_thresh=post.nms_thresh, detections_per_image=post.detections_per_image)
+        return cls(
+            pixel_mean=model.pixel_mean.flatten().tolist(),
+            pixel_std=model.pixel_std.flatten().tolist(),
+            size_divisibility=model.size_divisibility,
+            strides=[int(s) for s in gen.strides],
+            cell_anchors=[c.tolist() for c in gen.cell_anchors],
+            anchor_offset=float(gen.offset),
+            box_coder_weights=list(model.box_coder.weights),
+            scale_clamp=model.box_coder.scale_clamp,
+            score_thresh=post.score_thresh,
+            topk_candidates=post.topk_candidates,
+            nms_thresh=post.nms_thresh,
+            detections_per_image=post.detections_per_image,
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -97,11 +105,13 @@ class ExportableDetector(nn.Module):
         self.offset = float(spec.anchor_offset)
         weights = spec.box_coder_weights
         coder = BoxCoder((weights[0], weights[1], weights[2], weights[3]), spec.scale_clamp)
-        self.postprocessor = PostProcessor(coder, spec.score_thresh, spec.topk_candidates, spec.nms_thresh,
-                                           spec.detections_per_image)
+        self.postprocessor = PostProcessor(
+            coder, spec.score_thresh, spec.topk_candidates, spec.nms_thresh, spec.detections_per_image
+        )
 
-    def forward(self, images: Tensor, image_sizes: Optional[Tensor] = None,
-                output_sizes: Optional[Tensor] = None) -> List[Dict[str, Tensor]]:
+    def forward(
+        self, images: Tensor, image_sizes: Optional[Tensor] = None, output_sizes: Optional[Tensor] = None
+    ) -> List[Dict[str, Tensor]]:
         if images.dim() != 4 or images.size(1) != 3:
             raise ValueError("images must be a [B, 3, H, W] RGB tensor (uint8 0-255 or float 0-1)")
         if images.dtype == torch.uint8:  # here, not in the traced network (tracing fixes one dtype's path)
@@ -123,8 +133,9 @@ class ExportableDetector(nn.Module):
         targets = sizes if output_sizes is None else output_sizes.to(torch.int64)
         out: List[Dict[str, Tensor]] = []
         for i, det in enumerate(dets):
-            boxes = rescale_boxes(det["boxes"], float(sizes[i, 0]), float(sizes[i, 1]),
-                                  float(targets[i, 0]), float(targets[i, 1]))
+            boxes = rescale_boxes(
+                det["boxes"], float(sizes[i, 0]), float(sizes[i, 1]), float(targets[i, 0]), float(targets[i, 1])
+            )
             out.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})
         return out
 
@@ -140,4 +151,3 @@ class ExportableDetector(nn.Module):
             levels.append(grid)
             counts.append(grid.size(0))
         return torch.cat(levels, dim=0), counts
-

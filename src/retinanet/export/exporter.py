@@ -63,7 +63,7 @@ def _examples(height: int, width: int) -> List[Tuple[Tensor, Tensor]]:
     one = torch.rand(1, 3, height, width, generator=g)
     h2, w2 = height + 40, width + 72
     two = torch.rand(2, 3, h2, w2, generator=g)
-    two[0, :, h2 - 24:, :] = 0
+    two[0, :, h2 - 24 :, :] = 0
     sizes2 = torch.tensor([[h2 - 24, w2], [h2, w2]])
     return [(one, torch.tensor([[height, width]])), (two, sizes2)]
 
@@ -81,6 +81,7 @@ def build_torchscript(model: RetinaNet, height: int = 256, width: int = 256) -> 
 
 def _dynamic_shapes(div: int) -> Dict[str, Any]:
     from torch.export import Dim
+
     batch = Dim("batch", min=1, max=256)
     blocks = max(8192 // div, 3)
     h, w = Dim("h_blocks", min=2, max=blocks), Dim("w_blocks", min=2, max=blocks)
@@ -100,9 +101,14 @@ def _torch_export(model: RetinaNet, height: int, width: int, dynamic: bool) -> T
             try:
                 return torch.export.export(network, (images, sizes), dynamic_shapes=_dynamic_shapes(div)), True
             except Exception as e:  # fall back to the example's size
-                log.warning("torch.export with dynamic sizes failed (%s: %s); exporting for %dx%d, batch %d only",
-                            type(e).__name__, str(e).splitlines()[0][:200], images.shape[-2], images.shape[-1],
-                            images.shape[0])
+                log.warning(
+                    "torch.export with dynamic sizes failed (%s: %s); exporting for %dx%d, batch %d only",
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                    images.shape[-2],
+                    images.shape[-1],
+                    images.shape[0],
+                )
         return torch.export.export(network, (images, sizes)), False
 
 
@@ -112,49 +118,73 @@ def _metadata(det: LoadedDetector, fmt: str, size: Tuple[int, int], dynamic: boo
         "format": fmt,
         "class_names": list(det.class_names),
         "label_to_category_id": [int(c) for c in det.label_to_category_id],
-        "mean": spec.pixel_mean, "std": spec.pixel_std, "size_divisibility": spec.size_divisibility,
-        "test_min_size": int(det.cfg.data.test_min_size), "max_size": int(det.cfg.data.max_size),
-        "score_thresh": spec.score_thresh, "nms_thresh": spec.nms_thresh,
-        "topk_candidates": spec.topk_candidates, "detections_per_image": spec.detections_per_image,
-        "spec": spec.to_dict(), "export_size": list(size), "dynamic": dynamic,
-        "inputs": {"images": "[B, 3, H, W] RGB, uint8 0-255 or float 0-1, resized, not normalized",
-                   "image_sizes": "int64 [B, 2], (h, w) of each image in the batch"
-                                  + (" (optional)" if fmt == "torchscript" else ""),
-                   **({"output_sizes": "optional int64 [B, 2], (h, w) to return boxes in"}
-                      if fmt == "torchscript" else {})},
-        "outputs": ("list of dicts: boxes float32 [d, 4] xyxy pixels, scores float32 [d], labels int64 [d]"
-                    if fmt != "onnx" else "cls_logits float32 [B, N, K], box_deltas float32 [B, N, 4]"),
+        "mean": spec.pixel_mean,
+        "std": spec.pixel_std,
+        "size_divisibility": spec.size_divisibility,
+        "test_min_size": int(det.cfg.data.test_min_size),
+        "max_size": int(det.cfg.data.max_size),
+        "score_thresh": spec.score_thresh,
+        "nms_thresh": spec.nms_thresh,
+        "topk_candidates": spec.topk_candidates,
+        "detections_per_image": spec.detections_per_image,
+        "spec": spec.to_dict(),
+        "export_size": list(size),
+        "dynamic": dynamic,
+        "inputs": {
+            "images": "[B, 3, H, W] RGB, uint8 0-255 or float 0-1, resized, not normalized",
+            "image_sizes": "int64 [B, 2], (h, w) of each image in the batch"
+            + (" (optional)" if fmt == "torchscript" else ""),
+            **({"output_sizes": "optional int64 [B, 2], (h, w) to return boxes in"} if fmt == "torchscript" else {}),
+        },
+        "outputs": (
+            "list of dicts: boxes float32 [d, 4] xyxy pixels, scores float32 [d], labels int64 [d]"
+            if fmt != "onnx"
+            else "cls_logits float32 [B, N, K], box_deltas float32 [B, N, 4]"
+        ),
     }
 
 
-def _compare(run: Callable[..., List[Dict[str, Tensor]]], model: RetinaNet, what: str,
-             examples: List[Tuple[Tensor, Tensor]]) -> Tuple[float, float]:
+def _compare(
+    run: Callable[..., List[Dict[str, Tensor]]], model: RetinaNet, what: str, examples: List[Tuple[Tensor, Tensor]]
+) -> Tuple[float, float]:
     """Largest box and score deviation of ``run`` from the eager model; ExportError on any difference
     in the number, labels or order of the detections or beyond the tolerances."""
     worst_box, worst_score = 0.0, 0.0
     for images, sizes in examples:
         h, w = images.shape[-2:]
-        eager_in = [im[:, :int(s[0]), :int(s[1])] for im, s in zip(images, sizes)]
+        eager_in = [im[:, : int(s[0]), : int(s[1])] for im, s in zip(images, sizes)]
         with torch.no_grad():
             want = model(eager_in)
             got = run(images, sizes)
         for i, (g, e) in enumerate(zip(got, want)):
             if g["labels"].shape != e["labels"].shape or not torch.equal(g["labels"], e["labels"]):
-                raise ExportError(f"{what}: image {i} of a {images.shape[0]} x {h} x {w} batch: "
-                                  f"{g['labels'].numel()} detections vs {e['labels'].numel()} from the eager "
-                                  "model (or different labels)")
+                raise ExportError(
+                    f"{what}: image {i} of a {images.shape[0]} x {h} x {w} batch: "
+                    f"{g['labels'].numel()} detections vs {e['labels'].numel()} from the eager "
+                    "model (or different labels)"
+                )
             if g["labels"].numel():
                 worst_box = max(worst_box, float((g["boxes"] - e["boxes"]).abs().max()))
                 worst_score = max(worst_score, float((g["scores"] - e["scores"]).abs().max()))
     if worst_box > BOX_ATOL or worst_score > SCORE_ATOL:
-        raise ExportError(f"{what}: boxes differ by up to {worst_box:.3g} px and scores by {worst_score:.3g} "
-                          f"from the eager model (allowed {BOX_ATOL} px, {SCORE_ATOL})")
+        raise ExportError(
+            f"{what}: boxes differ by up to {worst_box:.3g} px and scores by {worst_score:.3g} "
+            f"from the eager model (allowed {BOX_ATOL} px, {SCORE_ATOL})"
+        )
     return worst_box, worst_score
 
 
-def export_model(weights: Union[str, Path], out: Union[str, Path], fmt: str = "torchscript",
-                 config: Optional[str] = None, height: int = 256, width: int = 256, check: bool = True,
-                 overrides: Optional[List[str]] = None, dynamic: bool = True) -> Path:
+def export_model(
+    weights: Union[str, Path],
+    out: Union[str, Path],
+    fmt: str = "torchscript",
+    config: Optional[str] = None,
+    height: int = 256,
+    width: int = 256,
+    check: bool = True,
+    overrides: Optional[List[str]] = None,
+    dynamic: bool = True,
+) -> Path:
     """Load ``weights`` (``config`` for files that carry none) and write ``out`` in ``fmt``.
 
     ``height`` x ``width``: the example input size (pt2/ONNX with ``dynamic=False`` accept only it and
@@ -224,8 +254,10 @@ def _require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ExportError(f"ONNX export needs the {' and '.join(missing)} package(s), which are not installed: "
-                          f"pip install {' '.join(missing)}  (or use --format torchscript / pt2)")
+        raise ExportError(
+            f"ONNX export needs the {' and '.join(missing)} package(s), which are not installed: "
+            f"pip install {' '.join(missing)}  (or use --format torchscript / pt2)"
+        )
 
 
 def _export_onnx(program: Any, out: Path, meta: Dict[str, Any]) -> None:  # pragma: no cover - needs onnx
@@ -233,8 +265,9 @@ def _export_onnx(program: Any, out: Path, meta: Dict[str, Any]) -> None:  # prag
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=["images", "image_sizes"],
-                                         output_names=["cls_logits", "box_deltas"])
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, input_names=["images", "image_sizes"], output_names=["cls_logits", "box_deltas"]
+        )
     assert onnx_program is not None  # dynamo=True always returns an ONNXProgram
     proto = onnx_program.model_proto
     entry = proto.metadata_props.add()
@@ -250,6 +283,7 @@ def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
         raise FileNotFoundError(f"exported model {path} does not exist")
     if path.suffix == ".onnx":  # pragma: no cover - needs onnx
         import onnx
+
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props.get("retinanet", "{}"))
     try:

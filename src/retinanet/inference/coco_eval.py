@@ -25,7 +25,18 @@ __all__ = ["STAT_NAMES", "BACKENDS", "CocoMetrics", "evaluate_coco"]
 logger = logging.getLogger(__name__)
 
 STAT_NAMES: tuple[str, ...] = (
-    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
 )
 BACKENDS = ("pycocotools", "faster")  # values of evaluate_coco(backend=...)
 
@@ -72,9 +83,7 @@ def _gt_dataset(coco_gt: Any) -> dict[str, Any]:
         source = str(coco_gt)
         coco_gt = _read_json(coco_gt, "COCO ground truth")
     if not isinstance(coco_gt, Mapping):
-        raise TypeError(
-            f"coco_gt must be a COCO dict, a json path or a pycocotools COCO, got {type(coco_gt).__name__}"
-        )
+        raise TypeError(f"coco_gt must be a COCO dict, a json path or a pycocotools COCO, got {type(coco_gt).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco_gt.get(key), list):
             raise ValueError(f"COCO ground truth {source} has no list field {key!r}")
@@ -111,12 +120,20 @@ def _results_dataset(gt: Any, results: Any) -> dict[str, Any]:
     for j, r in enumerate(results):
         try:
             x, y, w, h = r["bbox"]
-            anns.append({"image_id": r["image_id"], "category_id": r["category_id"], "bbox": [x, y, w, h],
-                         "score": r["score"], "area": w * h, "id": j + 1, "iscrowd": 0})
+            anns.append(
+                {
+                    "image_id": r["image_id"],
+                    "category_id": r["category_id"],
+                    "bbox": [x, y, w, h],
+                    "score": r["score"],
+                    "area": w * h,
+                    "id": j + 1,
+                    "iscrowd": 0,
+                }
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(
-                f"COCO results[{j}] must be {{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}}, "
-                f"got {r!r}"
+                f"COCO results[{j}] must be {{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}}, got {r!r}"
             ) from e
     img_ids = set(gt.getImgIds())
     unknown = {a["image_id"] for a in anns} - img_ids
@@ -164,9 +181,7 @@ def evaluate_coco(
         elif hasattr(coco_gt, "getImgIds") and hasattr(coco_gt, "dataset"):
             gt = coco_gt
         else:
-            raise TypeError(
-                f"coco_gt must be a COCO dict, a json path or a COCO object, got {type(coco_gt).__name__}"
-            )
+            raise TypeError(f"coco_gt must be a COCO dict, a json path or a COCO object, got {type(coco_gt).__name__}")
         dt = _build_coco(coco_cls, _results_dataset(gt, results))
         ev = eval_cls(gt, dt, "bbox")
         if image_ids is not None:
@@ -198,10 +213,18 @@ def _format_summary(metrics: Mapping[str, float], params: Any) -> str:
     iou_all = f"{params.iouThrs[0]:0.2f}:{params.iouThrs[-1]:0.2f}"
     md = list(params.maxDets)
     rows = [  # (AP?, IoU, area, maxDets) in STAT_NAMES order
-        (True, iou_all, "all", md[-1]), (True, "0.50", "all", md[-1]), (True, "0.75", "all", md[-1]),
-        (True, iou_all, "small", md[-1]), (True, iou_all, "medium", md[-1]), (True, iou_all, "large", md[-1]),
-        (False, iou_all, "all", md[0]), (False, iou_all, "all", md[1]), (False, iou_all, "all", md[-1]),
-        (False, iou_all, "small", md[-1]), (False, iou_all, "medium", md[-1]), (False, iou_all, "large", md[-1]),
+        (True, iou_all, "all", md[-1]),
+        (True, "0.50", "all", md[-1]),
+        (True, "0.75", "all", md[-1]),
+        (True, iou_all, "small", md[-1]),
+        (True, iou_all, "medium", md[-1]),
+        (True, iou_all, "large", md[-1]),
+        (False, iou_all, "all", md[0]),
+        (False, iou_all, "all", md[1]),
+        (False, iou_all, "all", md[-1]),
+        (False, iou_all, "small", md[-1]),
+        (False, iou_all, "medium", md[-1]),
+        (False, iou_all, "large", md[-1]),
     ]
     lines = []
     for name, (is_ap, iou, area, dets) in zip(STAT_NAMES, rows):

@@ -68,16 +68,12 @@ def detections_to_arrays(
     ``bbox`` float64 ``[N, 4]`` (x, y, w, h), ``score`` float64 ``[N]``, ``category_id`` int64 ``[N]``.
     """
     if len(detections) != len(image_ids):
-        raise ValueError(
-            f"got {len(detections)} detection dicts but {len(image_ids)} image ids; need one per image"
-        )
+        raise ValueError(f"got {len(detections)} detection dicts but {len(image_ids)} image ids; need one per image")
     ids = np.asarray([int(i) for i in image_ids], dtype=np.int64)
     boxes, scores, labels, counts = [], [], [], []
     for i, det in enumerate(detections):
         if not isinstance(det, Mapping) or not {"boxes", "scores", "labels"} <= set(det):
-            raise TypeError(
-                f"detections[{i}] (image_id {int(ids[i])}) must be a dict with boxes, scores and labels"
-            )
+            raise TypeError(f"detections[{i}] (image_id {int(ids[i])}) must be a dict with boxes, scores and labels")
         b = _as_numpy(det["boxes"], np.float64, f"detections[{i}]['boxes']")
         s = _as_numpy(det["scores"], np.float64, f"detections[{i}]['scores']").reshape(-1)
         lab = _as_numpy(det["labels"], np.int64, f"detections[{i}]['labels']").reshape(-1)
@@ -155,16 +151,22 @@ def detections_to_coco_results(
     scores are rounded to ``score_decimals``; ``None`` keeps full precision.
     Raises ``ValueError`` on mismatched lengths/shapes, unmapped labels or non-finite values.
     """
-    arrays = detections_to_arrays(detections, image_ids, category_lut(label_to_category_id),
-                                  box_decimals, score_decimals)
+    arrays = detections_to_arrays(
+        detections, image_ids, category_lut(label_to_category_id), box_decimals, score_decimals
+    )
     return arrays_to_results(arrays)
 
 
 def concat_arrays(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """One arrays dict of several (batches or ranks) in order; empty arrays for no chunks."""
     if not chunks:
-        return {"image_ids": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64),
-                "bbox": np.zeros((0, 4)), "score": np.zeros(0), "category_id": np.zeros(0, np.int64)}
+        return {
+            "image_ids": np.zeros(0, np.int64),
+            "counts": np.zeros(0, np.int64),
+            "bbox": np.zeros((0, 4)),
+            "score": np.zeros(0),
+            "category_id": np.zeros(0, np.int64),
+        }
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
@@ -177,5 +179,10 @@ def dedupe_images(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keep_img = np.zeros(len(ids), dtype=bool)
     keep_img[first] = True
     keep_det = np.repeat(keep_img, a["counts"])
-    return {"image_ids": ids[keep_img], "counts": a["counts"][keep_img], "bbox": a["bbox"][keep_det],
-            "score": a["score"][keep_det], "category_id": a["category_id"][keep_det]}
+    return {
+        "image_ids": ids[keep_img],
+        "counts": a["counts"][keep_img],
+        "bbox": a["bbox"][keep_det],
+        "score": a["score"][keep_det],
+        "category_id": a["category_id"][keep_det],
+    }

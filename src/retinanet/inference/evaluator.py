@@ -115,9 +115,7 @@ class CocoEvaluator:
 
     def _arrays(self) -> dict[str, np.ndarray]:
         if distributed.world_size() > 1 and not self._gathered:
-            raise RuntimeError(
-                "CocoEvaluator: call gather() on every rank before evaluate()/results() under DDP"
-            )
+            raise RuntimeError("CocoEvaluator: call gather() on every rank before evaluate()/results() under DDP")
         if self._merged is None:
             self._merged = dedupe_images(concat_arrays(self._chunks))
         return self._merged
@@ -142,8 +140,9 @@ class CocoEvaluator:
         a = self._arrays()
         if len(a["image_ids"]) == 0:
             raise ValueError("CocoEvaluator.evaluate: no images were added with update()")
-        metrics = evaluate_coco(self._gt(), arrays_to_results(a), image_ids=a["image_ids"].tolist(),
-                                backend=self.backend)
+        metrics = evaluate_coco(
+            self._gt(), arrays_to_results(a), image_ids=a["image_ids"].tolist(), backend=self.backend
+        )
         self.summary = metrics.summary
         return metrics
 

@@ -29,8 +29,9 @@ __all__ = ["predict_batches", "evaluate"]
 log = logging.getLogger("retinanet.eval")
 
 
-def predict_batches(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False,
-                    desc: str = "eval") -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+def predict_batches(
+    model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = False, desc: str = "eval"
+) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
     """Run ``model`` in eval mode over ``loader``; yield ``(target, detections)`` per image with boxes
     in the original image's pixels (float32, on the CPU)."""
     was_training = model.training
@@ -38,8 +39,13 @@ def predict_batches(model: nn.Module, loader: DataLoader, device: torch.device, 
     bar = None
     if progress and distributed.is_main():
         from tqdm import tqdm
-        bar = tqdm(total=len(cast(Sized, loader.sampler)) if hasattr(loader, "sampler") else None, desc=desc,
-                   unit="img", dynamic_ncols=True)
+
+        bar = tqdm(
+            total=len(cast(Sized, loader.sampler)) if hasattr(loader, "sampler") else None,
+            desc=desc,
+            unit="img",
+            dynamic_ncols=True,
+        )
     try:
         with torch.inference_mode():
             for batch in loader:
@@ -55,8 +61,14 @@ def predict_batches(model: nn.Module, loader: DataLoader, device: torch.device, 
         model.train(was_training)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, dataset: Any, device: torch.device,
-             results_path: Optional[Path] = None, progress: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    dataset: Any,
+    device: torch.device,
+    results_path: Optional[Path] = None,
+    progress: bool = False,
+) -> dict[str, float]:
     """COCO evaluation of ``model`` on ``dataset`` (which provides ``coco_gt()`` and
     ``label_to_category_id``); detections are written to ``results_path`` when given."""
     evaluator = CocoEvaluator(dataset)

@@ -98,8 +98,12 @@ class _Images(Dataset):
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"image {i}: expected an RGB uint8 array [H, W, 3], got {arr.dtype} {arr.shape}")
         h, w = arr.shape[:2]
-        target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64),
-                  "image_id": i, "orig_size": (h, w)}
+        target = {
+            "boxes": torch.zeros((0, 4)),
+            "labels": torch.zeros((0,), dtype=torch.int64),
+            "image_id": i,
+            "orig_size": (h, w),
+        }
         return self.transforms(arr, target)
 
 
@@ -114,9 +118,13 @@ class LoadedDetector:
     label_to_category_id: list[int]  # label i -> dataset category id (1..K when the file has none)
 
 
-def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]] = None,
-                  device: str = "auto", score_thresh: Optional[float] = None,
-                  overrides: Optional[list[str]] = None) -> LoadedDetector:
+def load_detector(
+    weights: Union[str, Path],
+    config: Optional[Union[str, Config]] = None,
+    device: str = "auto",
+    score_thresh: Optional[float] = None,
+    overrides: Optional[list[str]] = None,
+) -> LoadedDetector:
     """Load a checkpoint (safely: ``weights_only``/safetensors) into an eval-mode :class:`RetinaNet`.
 
     The config is ``config`` (a :class:`Config`, YAML file or preset) when given, else the one stored
@@ -133,6 +141,7 @@ def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]
         cfg = load_config(str(config), overrides)
     elif "config" in state:
         from retinanet.config import apply_overrides
+
         raw = state["config"]
         if not isinstance(raw, dict):
             raise ConfigError(f"{weights}: the stored 'config' is a {type(raw).__name__}, not a mapping")
@@ -141,8 +150,9 @@ def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]
         except ConfigError as e:
             raise ConfigError(f"{weights}: the stored config is invalid: {e}") from None
     else:
-        raise ConfigError(f"{weights}: the file holds no config; pass config= (a YAML file or preset; "
-                          "--config on the command line)")
+        raise ConfigError(
+            f"{weights}: the file holds no config; pass config= (a YAML file or preset; --config on the command line)"
+        )
     if score_thresh is not None:
         cfg.model.score_thresh = float(score_thresh)
         try:
@@ -166,11 +176,15 @@ def load_detector(weights: Union[str, Path], config: Optional[Union[str, Config]
 class Predictor:
     """Loads a checkpoint once and predicts on images (paths or RGB uint8 arrays)."""
 
-    def __init__(self, weights: Union[str, Path], config: Optional[Union[str, Config]] = None,
-                 device: str = "auto", score_thresh: Optional[float] = None,
-                 overrides: Optional[list[str]] = None) -> None:
-        det = load_detector(weights, config=config, device=device, score_thresh=score_thresh,
-                            overrides=overrides)
+    def __init__(
+        self,
+        weights: Union[str, Path],
+        config: Optional[Union[str, Config]] = None,
+        device: str = "auto",
+        score_thresh: Optional[float] = None,
+        overrides: Optional[list[str]] = None,
+    ) -> None:
+        det = load_detector(weights, config=config, device=device, score_thresh=score_thresh, overrides=overrides)
         self.cfg = det.cfg
         self.device = det.device
         self.model = det.model
@@ -179,22 +193,24 @@ class Predictor:
         self.class_names: list[str] = det.class_names
         self.label_to_category_id: list[int] = det.label_to_category_id
         d = self.cfg.data
-        self.transforms = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size,
-                                           flip_prob=0.0)
+        self.transforms = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size, flip_prob=0.0)
 
     def predict(self, image: ImageLike) -> dict:
         """Detections for one image: ``boxes`` [n, 4] (file pixels), ``scores``, ``labels``, ``names``."""
         return next(iter(self.predict_many([image], batch_size=1)))
 
-    def predict_many(self, images: Iterable[ImageLike], batch_size: int = 2, num_workers: int = 0,
-                     progress: bool = False) -> Iterable[dict]:
+    def predict_many(
+        self, images: Iterable[ImageLike], batch_size: int = 2, num_workers: int = 0, progress: bool = False
+    ) -> Iterable[dict]:
         """Yield one detection dict per input, in input order."""
         items = list(images)
-        loader = DataLoader(_Images(items, self.transforms), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=collate)
+        loader = DataLoader(
+            _Images(items, self.transforms), batch_size=batch_size, num_workers=num_workers, collate_fn=collate
+        )
         bar = None
         if progress:
             from tqdm import tqdm
+
             bar = tqdm(total=len(items), desc="predict", unit="img", dynamic_ncols=True)
         try:
             with torch.inference_mode():
@@ -203,9 +219,13 @@ class Predictor:
                     outs = self.inference_model(images, output_sizes=[t["orig_size"] for t in batch.targets])
                     for t, det in zip(batch.targets, outs):
                         labels = det["labels"].cpu()
-                        yield {"boxes": det["boxes"].float().cpu(), "scores": det["scores"].float().cpu(), "labels": labels,
-                               "names": [self.class_names[i] for i in labels.tolist()],
-                               "image_index": int(t["image_id"])}
+                        yield {
+                            "boxes": det["boxes"].float().cpu(),
+                            "scores": det["scores"].float().cpu(),
+                            "labels": labels,
+                            "names": [self.class_names[i] for i in labels.tolist()],
+                            "image_index": int(t["image_id"]),
+                        }
                     if bar is not None:
                         bar.update(len(batch.targets))
         finally:

@@ -19,14 +19,10 @@ def _check_pair(fn: str, a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
     check_float(fn, names[0], a)
     check_float(fn, names[1], b)
     if a.shape != b.shape:
-        raise ValueError(
-            f"{fn}: {names[0]} shape {tuple(a.shape)} != {names[1]} shape {tuple(b.shape)}"
-        )
+        raise ValueError(f"{fn}: {names[0]} shape {tuple(a.shape)} != {names[1]} shape {tuple(b.shape)}")
 
 
-def smooth_l1_loss(
-    input: Tensor, target: Tensor, beta: float = 0.1, reduction: Reduction = "none"
-) -> Tensor:
+def smooth_l1_loss(input: Tensor, target: Tensor, beta: float = 0.1, reduction: Reduction = "none") -> Tensor:
     """Smooth L1 (Huber / beta): ``0.5 d**2 / beta`` if ``|d| < beta`` else ``|d| - 0.5 beta``.
 
     ``input`` and ``target`` of the same shape (e.g. box deltas [N, 4]); ``beta < 1e-5`` is exact L1.

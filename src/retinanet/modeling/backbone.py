@@ -30,14 +30,14 @@ BACKBONES: dict[str, Callable[[str], Backbone]] = {
     "resnet50": lambda norm: ResNet("resnet50", Bottleneck, (3, 4, 6, 3), norm),
     "resnet101": lambda norm: ResNet("resnet101", Bottleneck, (3, 4, 23, 3), norm),
     "resnet152": lambda norm: ResNet("resnet152", Bottleneck, (3, 8, 36, 3), norm),
-    "resnext101_32x8d": lambda norm: ResNet("resnext101_32x8d", Bottleneck, (3, 4, 23, 3), norm,
-                                            groups=32, width_per_group=8),
+    "resnext101_32x8d": lambda norm: ResNet(
+        "resnext101_32x8d", Bottleneck, (3, 4, 23, 3), norm, groups=32, width_per_group=8
+    ),
     "mobilenet_v2": lambda norm: MobileNetV2(norm),
 }
 
 
-def build_backbone(name: str, norm: str = "frozen_bn", freeze_at: int = 2,
-                   weights: Optional[str] = None) -> Backbone:
+def build_backbone(name: str, norm: str = "frozen_bn", freeze_at: int = 2, weights: Optional[str] = None) -> Backbone:
     """Build a backbone by name (see ``BACKBONES``), load ``weights`` (a file or ``"imagenet"``), freeze.
 
     Returns a :class:`Backbone`: ``forward(x[B,3,H,W]) -> [C3, C4, C5]``, ``.out_channels`` (3 ints).

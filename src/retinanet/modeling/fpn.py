@@ -58,7 +58,8 @@ class FPN(nn.Module):
         self.out_channels = int(out_channels)
         self.inner_blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, out_channels, 1)) for c in in_channels)
         self.layer_blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1)) for _ in in_channels)
+            nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1)) for _ in in_channels
+        )
         p6_in = in_channels[-1] if p6_from == "C5" else out_channels
         self.extra_blocks = LastLevelP6P7(p6_in, out_channels, p6_from)
         for m in self.modules():

@@ -56,15 +56,19 @@ class FusedConv2d(nn.Module):
         b = conv.bias.detach() if conv.bias is not None else None
         if bn is not None:
             if bn.num_features != conv.out_channels:
-                raise ValueError(f"FusedConv2d: BatchNorm has {bn.num_features} channels, conv gives "
-                                 f"{conv.out_channels}")
+                raise ValueError(
+                    f"FusedConv2d: BatchNorm has {bn.num_features} channels, conv gives {conv.out_channels}"
+                )
             with torch.no_grad():
                 fw, fb = fold_frozen_bn(bn, w.double(), None if b is None else b.double())
             w, b = fw.to(w.dtype), fb.to(w.dtype)
         if b is None:
             b = torch.zeros(conv.out_channels, dtype=w.dtype, device=w.device)
-        memory_format = torch.channels_last if (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last)
-                                                and not w.is_contiguous()) else torch.contiguous_format
+        memory_format = (
+            torch.channels_last
+            if (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+            else torch.contiguous_format
+        )
         self.register_buffer("weight", w.clone().contiguous(memory_format=memory_format))
         self.register_buffer("bias", b.clone().contiguous())
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
@@ -76,12 +80,15 @@ class FusedConv2d(nn.Module):
         self.act = act
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, groups={self.groups}, act={self.act}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, groups={self.groups}, act={self.act}"
+        )
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        y = F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
-                     self.dilation, self.groups)
+        y = F.conv2d(
+            x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding, self.dilation, self.groups
+        )
         if residual is not None:
             y = y.add_(residual) if not (torch.is_grad_enabled() and y.requires_grad) else y + residual
         if self.act == "relu":
@@ -124,7 +131,8 @@ def _is_bn(m: nn.Module) -> bool:
 def _foldable(m: nn.Module) -> bool:
     """A FrozenBatchNorm2d, or a BatchNorm2d that normalizes with running statistics in eval mode."""
     return isinstance(m, FrozenBatchNorm2d) or (
-        isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None)
+        isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None
+    )
 
 
 def _norms(block: nn.Module) -> list[nn.Module]:

@@ -74,8 +74,15 @@ def flatten_levels(outputs: Sequence[Tensor], last: int) -> Tensor:
 class RetinaNetClassificationHead(nn.Module):
     """Classification subnet: ``conv`` tower + ``cls_logits`` (K*A outputs, prior-probability bias)."""
 
-    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, num_convs: int = 4,
-                 prior: float = 0.01, norm: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        prior: float = 0.01,
+        norm: Optional[str] = None,
+    ) -> None:
         super().__init__()
         if not 0.0 < prior < 1.0:
             raise ValueError(f"prior must be in (0, 1), got {prior}")
@@ -94,8 +101,7 @@ class RetinaNetClassificationHead(nn.Module):
 class RetinaNetRegressionHead(nn.Module):
     """Box subnet: ``conv`` tower + ``bbox_reg`` (4*A class-agnostic deltas)."""
 
-    def __init__(self, in_channels: int, num_anchors: int, num_convs: int = 4,
-                 norm: Optional[str] = None) -> None:
+    def __init__(self, in_channels: int, num_anchors: int, num_convs: int = 4, norm: Optional[str] = None) -> None:
         super().__init__()
         self.num_anchors = num_anchors
         self.conv = _tower(in_channels, num_convs, norm)
@@ -109,8 +115,15 @@ class RetinaNetRegressionHead(nn.Module):
 class RetinaNetHead(nn.Module):
     """Both subnets: ``forward([P3..P7]) -> (cls_logits [B, N, K], box_deltas [B, N, 4])``."""
 
-    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, num_convs: int = 4,
-                 prior: float = 0.01, norm: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        prior: float = 0.01,
+        norm: Optional[str] = None,
+    ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("num_anchors", num_anchors), ("num_classes", num_classes)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -118,8 +131,9 @@ class RetinaNetHead(nn.Module):
         self.in_channels = in_channels
         self.num_anchors = num_anchors
         self.num_classes = num_classes
-        self.classification_head = RetinaNetClassificationHead(in_channels, num_anchors, num_classes,
-                                                               num_convs, prior, norm)
+        self.classification_head = RetinaNetClassificationHead(
+            in_channels, num_anchors, num_classes, num_convs, prior, norm
+        )
         self.regression_head = RetinaNetRegressionHead(in_channels, num_anchors, num_convs, norm)
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -127,6 +141,7 @@ class RetinaNetHead(nn.Module):
             raise ValueError("RetinaNetHead: expected a non-empty list of feature maps")
         for i, f in enumerate(features):
             if f.dim() != 4 or f.shape[1] != self.in_channels:
-                raise ValueError(f"RetinaNetHead: level {i} must be [B, {self.in_channels}, H, W], "
-                                 f"got shape {tuple(f.shape)}")
+                raise ValueError(
+                    f"RetinaNetHead: level {i} must be [B, {self.in_channels}, H, W], got shape {tuple(f.shape)}"
+                )
         return self.classification_head(features), self.regression_head(features)

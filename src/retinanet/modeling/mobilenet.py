@@ -38,26 +38,32 @@ class FoldedSequential(nn.Sequential):
         return x
 
 
-def _conv_norm_relu6(inp: int, out: int, kernel: int, stride: int, norm: Callable[[int], nn.Module],
-                     groups: int = 1) -> nn.Sequential:
+def _conv_norm_relu6(
+    inp: int, out: int, kernel: int, stride: int, norm: Callable[[int], nn.Module], groups: int = 1
+) -> nn.Sequential:
     """conv (no bias) -> norm -> ReLU6; keys ``0.weight``, ``1.*`` as torchvision's Conv2dNormActivation."""
-    return FoldedSequential(nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                            norm(out), nn.ReLU6(inplace=True))
+    return FoldedSequential(
+        nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        norm(out),
+        nn.ReLU6(inplace=True),
+    )
 
 
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: [1x1 expand] -> 3x3 depthwise (stride) -> 1x1 linear projection, residual if possible."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int,
-                 norm: Callable[[int], nn.Module]) -> None:
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, norm: Callable[[int], nn.Module]) -> None:
         super().__init__()
         hidden = inp * expand_ratio
         self.use_res_connect = stride == 1 and inp == oup
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers.append(_conv_norm_relu6(inp, hidden, 1, 1, norm))
-        layers += [_conv_norm_relu6(hidden, hidden, 3, stride, norm, groups=hidden),
-                   nn.Conv2d(hidden, oup, 1, bias=False), norm(oup)]
+        layers += [
+            _conv_norm_relu6(hidden, hidden, 3, stride, norm, groups=hidden),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            norm(oup),
+        ]
         self.conv = FoldedSequential(*layers)
         self.out_channels = oup
 
@@ -70,8 +76,15 @@ class MobileNetV2(Backbone):
     """MobileNetV2 (width 1.0) ``features`` in torchvision layout; taps after features.6 / .13 / .18."""
 
     # expansion t, channels c, repeats n, first stride s (Sandler et al. 2018, Table 2)
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
     TAPS = (6, 13, 18)
 
     def __init__(self, norm: str = "frozen_bn") -> None:

@@ -53,7 +53,7 @@ def _eager_candidates(cls_logits: Tensor, level_sizes: List[int], topk: int, thr
     for n in level_sizes:
         k = min(topk, n * num_classes)
         for b in range(num_images):
-            idx = topk_above(cls_logits[b, start:start + n].reshape(-1), k, thresh)
+            idx = topk_above(cls_logits[b, start : start + n].reshape(-1), k, thresh)
             b_parts.append(torch.full_like(idx, b))
             f_parts.append(idx.add_(start * num_classes))
         start += n
@@ -67,7 +67,7 @@ def _topk_candidates(cls_logits: Tensor, level_sizes: List[int], topk: int, thre
     f_parts: List[Tensor] = []
     start = 0
     for n in level_sizes:
-        level = cls_logits[:, start:start + n].reshape(num_images, n * num_classes)
+        level = cls_logits[:, start : start + n].reshape(num_images, n * num_classes)
         values, idx = level.topk(min(topk, n * num_classes), dim=1, sorted=False)
         hit = (values > thresh).nonzero()
         b_parts.append(hit[:, 0])
@@ -79,8 +79,14 @@ def _topk_candidates(cls_logits: Tensor, level_sizes: List[int], topk: int, thre
 class PostProcessor(nn.Module):
     """Threshold, per-level top-k, decode, clip, batched NMS, best-D (see the module docstring)."""
 
-    def __init__(self, box_coder: BoxCoder, score_thresh: float = 0.05, topk_candidates: int = 1000,
-                 nms_thresh: float = 0.5, detections_per_image: int = 100) -> None:
+    def __init__(
+        self,
+        box_coder: BoxCoder,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.5,
+        detections_per_image: int = 100,
+    ) -> None:
         super().__init__()
         self.box_weights: Tuple[float, float, float, float] = box_coder.weights
         self.scale_clamp = float(box_coder.scale_clamp)
@@ -92,8 +98,10 @@ class PostProcessor(nn.Module):
         self.detections_per_image = int(detections_per_image)
 
     def extra_repr(self) -> str:
-        return (f"score_thresh={self.score_thresh}, topk_candidates={self.topk_candidates}, "
-                f"nms_thresh={self.nms_thresh}, detections_per_image={self.detections_per_image}")
+        return (
+            f"score_thresh={self.score_thresh}, topk_candidates={self.topk_candidates}, "
+            f"nms_thresh={self.nms_thresh}, detections_per_image={self.detections_per_image}"
+        )
 
     def candidates(self, cls_logits: Tensor, level_sizes: List[int]) -> Tuple[Tensor, Tensor]:
         """Step 1: ``(image index [C], flat (anchor * K + class) index [C])`` in (image, anchor, class) order."""
@@ -105,21 +113,24 @@ class PostProcessor(nn.Module):
         order = torch.argsort(b_idx * (n * k) + flat)
         return b_idx[order], flat[order]
 
-    def forward(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, level_sizes: List[int],
-                image_sizes: Tensor) -> Detections:
+    def forward(
+        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, level_sizes: List[int], image_sizes: Tensor
+    ) -> Detections:
         num_images, n, k = cls_logits.shape
         b_idx, flat = self.candidates(cls_logits, level_sizes)
         anchor_idx = torch.div(flat, k, rounding_mode="floor")
         labels = flat - anchor_idx * k
         scores = cls_logits.reshape(num_images, n * k)[b_idx, flat].float().sigmoid()
-        boxes = decode_boxes(box_deltas[b_idx, anchor_idx].float(), anchors[anchor_idx], self.box_weights,
-                             self.scale_clamp)
+        boxes = decode_boxes(
+            box_deltas[b_idx, anchor_idx].float(), anchors[anchor_idx], self.box_weights, self.scale_clamp
+        )
         boxes = clip_boxes_to_sizes(boxes, image_sizes.to(boxes.dtype)[b_idx])
         keep = greedy_nms(boxes, scores, b_idx * k + labels, self.nms_thresh, self.nms_cmp)  # by decreasing score
         return self.best_per_image(keep, b_idx, boxes, scores, labels, num_images)
 
-    def best_per_image(self, keep: Tensor, b_idx: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
-                       num_images: int) -> Detections:
+    def best_per_image(
+        self, keep: Tensor, b_idx: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, num_images: int
+    ) -> Detections:
         """Step 4: split the kept candidates (by decreasing score) per image, at most D each."""
         kb, order = torch.sort(b_idx[keep], stable=True)  # stable: score order inside each image
         keep = keep[order]
@@ -130,8 +141,9 @@ class PostProcessor(nn.Module):
         keep, kb = keep[sel], kb[sel]
         per_image: List[int] = torch.bincount(kb, minlength=num_images).tolist()
         out: Detections = []
-        for bx, sc, lb in zip(boxes[keep].split(per_image), scores[keep].split(per_image),
-                              labels[keep].split(per_image)):
+        for bx, sc, lb in zip(
+            boxes[keep].split(per_image), scores[keep].split(per_image), labels[keep].split(per_image)
+        ):
             out.append({"boxes": bx, "scores": sc, "labels": lb})
         return out
 
@@ -147,8 +159,9 @@ def rescale_boxes(boxes: Tensor, in_h: float, in_w: float, out_h: float, out_w: 
     return clip_boxes_to_sizes(scaled, size.expand(scaled.size(0), 2))
 
 
-def rescale_detections(detections: Detections, input_sizes: Sequence[Tuple[int, int]],
-                       output_sizes: Sequence[Tuple[int, int]]) -> Detections:
+def rescale_detections(
+    detections: Detections, input_sizes: Sequence[Tuple[int, int]], output_sizes: Sequence[Tuple[int, int]]
+) -> Detections:
     """Each image's detections with boxes mapped from its network input size ``(h, w)`` to
     ``output_sizes`` (e.g. the original image's) by :func:`rescale_boxes`."""
     out: Detections = []

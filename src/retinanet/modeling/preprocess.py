@@ -44,12 +44,13 @@ def batch_images(images: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         for i, img in enumerate(images):
             if not same and img.dtype == torch.uint8:  # mixed with float images: to 0-1 first
                 img = img.to(torch.float32).div_(255.0)
-            out[i, :, :sizes[i][0], :sizes[i][1]].copy_(img.to(out.device))
+            out[i, :, : sizes[i][0], : sizes[i][1]].copy_(img.to(out.device))
     return out, torch.tensor(sizes, dtype=torch.int64, device=out.device)
 
 
-def normalize_and_pad(images: Tensor, image_sizes: Optional[Tensor], mean: Tensor, std: Tensor,
-                      size_divisibility: int) -> Tensor:
+def normalize_and_pad(
+    images: Tensor, image_sizes: Optional[Tensor], mean: Tensor, std: Tensor, size_divisibility: int
+) -> Tensor:
     """Normalized, zero-padded float32 batch (see the module docstring)."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError("images must be a [B, 3, H, W] RGB tensor (uint8 0-255 or float 0-1)")

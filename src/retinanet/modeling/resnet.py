@@ -25,8 +25,15 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int, norm: Callable[[int], nn.Module],
-                 groups: int = 1, width_per_group: int = 64) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        norm: Callable[[int], nn.Module],
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
@@ -51,8 +58,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, norm: Callable[[int], nn.Module],
-                 groups: int = 1, width_per_group: int = 64) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        norm: Callable[[int], nn.Module],
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups
         out = planes * self.expansion
@@ -86,8 +100,15 @@ class ResNet(Backbone):
     layer3: nn.Sequential
     layer4: nn.Sequential
 
-    def __init__(self, name: str, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
-                 norm: str = "frozen_bn", groups: int = 1, width_per_group: int = 64) -> None:
+    def __init__(
+        self,
+        name: str,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        norm: str = "frozen_bn",
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
         super().__init__()
         self.name = name
         make_norm = norm_layer(norm)

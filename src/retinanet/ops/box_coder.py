@@ -29,8 +29,9 @@ def _centers(b: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return b[..., 0] + 0.5 * w, b[..., 1] + 0.5 * h, w, h
 
 
-def decode_boxes(deltas: Tensor, anchors: Tensor, weights: Tuple[float, float, float, float],
-                 scale_clamp: float) -> Tensor:
+def decode_boxes(
+    deltas: Tensor, anchors: Tensor, weights: Tuple[float, float, float, float], scale_clamp: float
+) -> Tensor:
     """Boxes ``[..., 4]`` from ``deltas`` relative to ``anchors`` (broadcast, both already in the compute
     dtype); the arithmetic of :meth:`BoxCoder.decode` without its checks."""
     ax, ay, aw, ah = _centers(anchors)
@@ -57,12 +58,14 @@ class BoxCoder:
 
     min_gt_size = 1e-6
 
-    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-                 scale_clamp: float = math.log(1000.0 / 16)) -> None:
+    def __init__(
+        self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = math.log(1000.0 / 16)
+    ) -> None:
         w = tuple(float(x) for x in weights)
         if len(w) != 4 or not all(math.isfinite(x) and x > 0 for x in w):
-            raise ValueError(f"box_coder.py: BoxCoder weights must be 4 finite numbers > 0 (wx, wy, ww, wh), "
-                             f"got {tuple(weights)}")
+            raise ValueError(
+                f"box_coder.py: BoxCoder weights must be 4 finite numbers > 0 (wx, wy, ww, wh), got {tuple(weights)}"
+            )
         if math.isnan(float(scale_clamp)):
             raise ValueError("box_coder.py: BoxCoder scale_clamp must be a number, got nan")
         self.weights: Tuple[float, float, float, float] = (w[0], w[1], w[2], w[3])
@@ -88,8 +91,10 @@ class BoxCoder:
     def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
         """Boxes ``[..., 4]`` (x1, y1, x2, y2) from ``deltas`` relative to ``anchors`` (broadcast)."""
         if not isinstance(deltas, Tensor) or deltas.dim() == 0 or deltas.shape[-1] != 4:
-            raise ValueError(f"box_coder.py: deltas must be a tensor [..., 4] (dx, dy, dw, dh), got "
-                             f"{list(deltas.shape) if isinstance(deltas, Tensor) else type(deltas).__name__}")
+            raise ValueError(
+                f"box_coder.py: deltas must be a tensor [..., 4] (dx, dy, dw, dh), got "
+                f"{list(deltas.shape) if isinstance(deltas, Tensor) else type(deltas).__name__}"
+            )
         check_boxes("anchors", anchors)
         dtype = float_dtype(deltas, anchors)
         return decode_boxes(to_float(deltas, dtype), to_float(anchors, dtype), self.weights, self.scale_clamp)

@@ -57,8 +57,7 @@ def check_boxes(name: str, boxes: object, ndim: Optional[int] = None) -> Tensor:
         raise TypeError(f"boxes.py: {name} must be a torch.Tensor, got {type(boxes).__name__}")
     if boxes.dim() == 0 or boxes.shape[-1] != 4 or (ndim is not None and boxes.dim() != ndim):
         want = "[N, 4]" if ndim == 2 else "[..., 4]"
-        raise ValueError(f"boxes.py: {name} must have shape {want} as (x1, y1, x2, y2), "
-                         f"got shape {list(boxes.shape)}")
+        raise ValueError(f"boxes.py: {name} must have shape {want} as (x1, y1, x2, y2), got shape {list(boxes.shape)}")
     return boxes
 
 
@@ -90,9 +89,19 @@ def exact_threshold(t: float, dtype: torch.dtype, *, strict: bool) -> float:
     return v
 
 
-def iou_from_parts(ax1: Tensor, ay1: Tensor, ax2: Tensor, ay2: Tensor, area_a: Tensor,
-                   bx1: Tensor, by1: Tensor, bx2: Tensor, by2: Tensor, area_b: Tensor,
-                   tiny: float = _TINY) -> Tensor:
+def iou_from_parts(
+    ax1: Tensor,
+    ay1: Tensor,
+    ax2: Tensor,
+    ay2: Tensor,
+    area_a: Tensor,
+    bx1: Tensor,
+    by1: Tensor,
+    bx2: Tensor,
+    by2: Tensor,
+    area_b: Tensor,
+    tiny: float = _TINY,
+) -> Tensor:
     """IoU of boxes given as broadcastable coordinate and area tensors (the result has their broadcast
     shape). The one formula used by box_iou, nms and the matcher, so they agree bit for bit."""
     w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
@@ -102,8 +111,7 @@ def iou_from_parts(ax1: Tensor, ay1: Tensor, ax2: Tensor, ay2: Tensor, area_a: T
     return inter / union.clamp(min=tiny)
 
 
-def iou_from_parts_into(a: Sequence[Tensor], b: Sequence[Tensor], out: Tensor, tmp: Tensor,
-                        tmp2: Tensor) -> Tensor:
+def iou_from_parts_into(a: Sequence[Tensor], b: Sequence[Tensor], out: Tensor, tmp: Tensor, tmp2: Tensor) -> Tensor:
     """:func:`iou_from_parts` of ``a = (x1, y1, x2, y2, area)`` and ``b`` (same values bit for bit),
     written into ``out`` using ``tmp`` and ``tmp2`` as scratch; all three of the broadcast shape.
     For callers that loop over chunks; no autograd."""
@@ -140,8 +148,9 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     dtype = float_dtype(boxes1, boxes2)
     a, b = to_float(boxes1, dtype), to_float(boxes2, dtype)
     area_a, area_b = box_area(a), box_area(b)
-    return iou_from_parts(a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4], area_a[:, None],
-                          b[:, 0], b[:, 1], b[:, 2], b[:, 3], area_b)
+    return iou_from_parts(
+        a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4], area_a[:, None], b[:, 0], b[:, 1], b[:, 2], b[:, 3], area_b
+    )
 
 
 def clip_boxes_to_sizes(boxes: Tensor, sizes: Tensor) -> Tensor:
@@ -165,8 +174,10 @@ def clip_boxes(boxes: Tensor, size: Union[Sequence[float], Tensor]) -> Tensor:
     b = to_float(check_boxes("boxes", boxes))
     s = torch.as_tensor(size, dtype=b.dtype, device=b.device)
     if s.dim() == 0 or s.shape[-1] != 2 or s.dim() > b.dim():
-        raise ValueError(f"boxes.py: clip_boxes size must be (h, w) or a tensor [..., 2] with at most "
-                         f"{b.dim()} dims for boxes of shape {list(b.shape)}, got shape {list(s.shape)}")
+        raise ValueError(
+            f"boxes.py: clip_boxes size must be (h, w) or a tensor [..., 2] with at most "
+            f"{b.dim()} dims for boxes of shape {list(b.shape)}, got shape {list(s.shape)}"
+        )
     if bool((s < 0).any()):
         raise ValueError(f"boxes.py: clip_boxes size (h, w) must be >= 0, got {s.tolist()}")
     while s.dim() < b.dim():

@@ -92,8 +92,7 @@ def _core_chunk(
     ``grad_out`` (optional) receives d loss / d u. Buffers 0..2 of ``bufs`` are used.
     """
     m, k = u.shape
-    if (u.device.type == "cpu" and u.dtype == torch.float32 and u.numel() > 0
-            and float(u.max()) <= _EXP_PATH_MAX):
+    if u.device.type == "cpu" and u.dtype == torch.float32 and u.numel() > 0 and float(u.max()) <= _EXP_PATH_MAX:
         # one exp for both: e = exp(u), q = e / (1 + e), ce = log1p(e); NaN or large u take the path below
         e = torch.exp(u, out=bufs.get(1, m, k))
         q = torch.div(e, torch.add(e, 1.0, out=bufs.get(0, m, k)), out=bufs.get(0, m, k))
@@ -345,8 +344,9 @@ class _SigmoidFocalFn(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
-def fused_focal_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: float, summed: bool,
-                     *, stash_grad: bool = True) -> Tensor:
+def fused_focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float, gamma: float, summed: bool, *, stash_grad: bool = True
+) -> Tensor:
     """Focal loss of checked, non-empty ``logits`` and binary ``targets`` (see the module docstring).
     ``stash_grad=False`` recomputes the gradient in the backward instead of keeping it from the forward."""
     need_grad = logits.requires_grad and torch.is_grad_enabled()

@@ -30,8 +30,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from retinanet.ops.boxes import (box_area, check_boxes, exact_threshold, float_dtype, iou_from_parts,
-                                 iou_from_parts_into, to_float)
+from retinanet.ops.boxes import (
+    box_area,
+    check_boxes,
+    exact_threshold,
+    float_dtype,
+    iou_from_parts,
+    iou_from_parts_into,
+    to_float,
+)
 
 __all__ = ["Matcher"]
 
@@ -44,14 +51,22 @@ class Matcher:
     BACKGROUND = -1
     IGNORE = -2
 
-    def __init__(self, fg_iou_threshold: float = 0.5, bg_iou_threshold: float = 0.4,
-                 allow_low_quality_matches: bool = True, chunk_size: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        fg_iou_threshold: float = 0.5,
+        bg_iou_threshold: float = 0.4,
+        allow_low_quality_matches: bool = True,
+        chunk_size: Optional[int] = None,
+    ) -> None:
         fg, bg = float(fg_iou_threshold), float(bg_iou_threshold)
         if math.isnan(fg) or math.isnan(bg) or bg > fg:
-            raise ValueError(f"matcher.py: need bg_iou_threshold <= fg_iou_threshold, got "
-                             f"bg_iou_threshold={bg_iou_threshold}, fg_iou_threshold={fg_iou_threshold}")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size
-                                       or int(chunk_size) < 1):
+            raise ValueError(
+                f"matcher.py: need bg_iou_threshold <= fg_iou_threshold, got "
+                f"bg_iou_threshold={bg_iou_threshold}, fg_iou_threshold={fg_iou_threshold}"
+            )
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or int(chunk_size) < 1
+        ):
             raise ValueError(f"matcher.py: chunk_size must be a positive int or None, got {chunk_size!r}")
         self.fg_iou_threshold = fg
         self.bg_iou_threshold = bg
@@ -59,8 +74,10 @@ class Matcher:
         self.chunk_size = None if chunk_size is None else int(chunk_size)
 
     def __repr__(self) -> str:
-        return (f"Matcher(fg_iou_threshold={self.fg_iou_threshold}, bg_iou_threshold={self.bg_iou_threshold}, "
-                f"allow_low_quality_matches={self.allow_low_quality_matches}, chunk_size={self.chunk_size})")
+        return (
+            f"Matcher(fg_iou_threshold={self.fg_iou_threshold}, bg_iou_threshold={self.bg_iou_threshold}, "
+            f"allow_low_quality_matches={self.allow_low_quality_matches}, chunk_size={self.chunk_size})"
+        )
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, iou_matrix: Tensor) -> Tensor:
@@ -99,8 +116,10 @@ class Matcher:
         m, n = gt.shape[0], an.shape[0]
         device = an.device
         if m == 0 or n == 0:
-            return (torch.full((n,), self.BACKGROUND, dtype=torch.int64, device=device),
-                    torch.zeros(n, dtype=dtype, device=device))
+            return (
+                torch.full((n,), self.BACKGROUND, dtype=torch.int64, device=device),
+                torch.zeros(n, dtype=dtype, device=device),
+            )
 
         chunk = min(self.chunk_size or max(1, _CHUNK_ELEMS // m), n)
         g_t = torch.cat((gt.t(), box_area(gt)[None]), dim=0)  # [5, m] contiguous
@@ -119,8 +138,8 @@ class Matcher:
         gt_best = torch.zeros(m, dtype=dtype, device=device)
         seen: list[tuple[int, Tensor, Tensor]] = []  # (chunk start, gt ids, their max in the chunk)
         for s in range(0, n, chunk):
-            iou = iou_rows(an_t[:, s:s + chunk])
-            torch.amax(iou, dim=1, out=best[s:s + chunk])
+            iou = iou_rows(an_t[:, s : s + chunk])
+            torch.amax(iou, dim=1, out=best[s : s + chunk])
             col_max = iou.amax(dim=0)
             if self.allow_low_quality_matches:
                 g = ((col_max >= gt_best) & (col_max > 0)).nonzero().squeeze(1)
@@ -136,7 +155,7 @@ class Matcher:
                 g = g[v == gt_best[g]]
                 if g.numel() == 0:
                     continue
-                cols = an_t[:, s:s + chunk]
+                cols = an_t[:, s : s + chunk]
                 a = [cols[i][:, None] for i in range(5)]
                 b = [p[g, 0][None] for p in g_parts]
                 iou = iou_from_parts(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
@@ -151,7 +170,7 @@ class Matcher:
             with_gt = torch.unique(torch.cat((with_gt, rescue)))
         best_gt = torch.zeros(n, dtype=torch.int64, device=device)
         for s in range(0, with_gt.numel(), chunk):
-            idx = with_gt[s:s + chunk]
+            idx = with_gt[s : s + chunk]
             best_gt[idx] = iou_rows(an_t.index_select(1, idx)).argmax(dim=1)
         return self._labels(best, best_gt, rescue), best
 

@@ -48,25 +48,46 @@ def _nms(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: f
     check_boxes("boxes", boxes, ndim=2)
     n = boxes.shape[0]
     if not isinstance(scores, Tensor) or scores.shape != (n,):
-        raise ValueError(f"nms.py: scores must be a tensor [N] matching boxes [{n}, 4], got "
-                         f"{list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}")
+        raise ValueError(
+            f"nms.py: scores must be a tensor [N] matching boxes [{n}, 4], got "
+            f"{list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}"
+        )
     if idxs is not None:
         if not isinstance(idxs, Tensor) or idxs.shape != (n,):
-            raise ValueError(f"nms.py: idxs must be a tensor [N] matching boxes [{n}, 4], got "
-                             f"{list(idxs.shape) if isinstance(idxs, Tensor) else type(idxs).__name__}")
+            raise ValueError(
+                f"nms.py: idxs must be a tensor [N] matching boxes [{n}, 4], got "
+                f"{list(idxs.shape) if isinstance(idxs, Tensor) else type(idxs).__name__}"
+            )
         if idxs.is_floating_point() or idxs.is_complex():
             raise TypeError(f"nms.py: idxs must be an integer tensor, got {idxs.dtype}")
     t = float(iou_threshold)
     if math.isnan(t):
         raise ValueError("nms.py: iou_threshold must be a number, got nan")
     b = to_float(boxes)
-    return greedy_nms(b, scores, idxs, t, exact_threshold(t, b.dtype, strict=True), _PAIR_CHUNK,
-                      _MAX_PEEL_ROUNDS, _DENSE_MAX_N, _DENSE_EDGE_DIVISOR)
+    return greedy_nms(
+        b,
+        scores,
+        idxs,
+        t,
+        exact_threshold(t, b.dtype, strict=True),
+        _PAIR_CHUNK,
+        _MAX_PEEL_ROUNDS,
+        _DENSE_MAX_N,
+        _DENSE_EDGE_DIVISOR,
+    )
 
 
-def greedy_nms(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], t: float, t_cmp: float,
-               pair_chunk: int = _PAIR_CHUNK, max_rounds: int = _MAX_PEEL_ROUNDS,
-               dense_max_n: int = _DENSE_MAX_N, dense_divisor: int = _DENSE_EDGE_DIVISOR) -> Tensor:
+def greedy_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Optional[Tensor],
+    t: float,
+    t_cmp: float,
+    pair_chunk: int = _PAIR_CHUNK,
+    max_rounds: int = _MAX_PEEL_ROUNDS,
+    dense_max_n: int = _DENSE_MAX_N,
+    dense_divisor: int = _DENSE_EDGE_DIVISOR,
+) -> Tensor:
     """The unchecked, scriptable core of :func:`batched_nms`: float32/64 ``boxes [N, 4]``, ``scores [N]``,
     optional groups ``idxs [N]``, threshold ``t`` and ``t_cmp``, its exact stand-in in the boxes' dtype
     (:func:`~retinanet.ops.boxes.exact_threshold`); the last four set the work sizes (module constants)."""
@@ -93,8 +114,16 @@ def greedy_nms(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], t: float, 
     return order[keep]
 
 
-def _suppression_edges(b: Tensor, group: Optional[Tensor], t: float, t_cmp: float, pair_chunk: int,
-                       dense_max_n: int, dense_divisor: int, max_rounds: int) -> Tuple[Tensor, Tensor]:
+def _suppression_edges(
+    b: Tensor,
+    group: Optional[Tensor],
+    t: float,
+    t_cmp: float,
+    pair_chunk: int,
+    dense_max_n: int,
+    dense_divisor: int,
+    max_rounds: int,
+) -> Tuple[Tensor, Tensor]:
     """All pairs ``(i, j)``, ``i < j`` in rank order, same group, ``IoU > t``, as two int64 tensors
     (``t_cmp``: ``t`` as a value of the IoU dtype, see :func:`~retinanet.ops.boxes.exact_threshold`)."""
     n = b.shape[0]
@@ -240,7 +269,7 @@ def _resolve_greedy(src: Tensor, dst: Tensor, n: int, max_rounds: int) -> Tensor
     at = 0
     for j, c in zip(node_list, cnt_list):
         suppressed = False
-        for i in s_list[at:at + c]:
+        for i in s_list[at : at + c]:
             suppressed = suppressed or keep_list[i]
         at += c
         keep_list[j] = not suppressed

@@ -58,20 +58,20 @@ def _nonzero_gt(x: Tensor, tau: float) -> Tensor:
     if x.is_contiguous():
         bs = _block_size(m)
         nb = m // bs
-        blocks = x[:nb * bs].view(nb, bs)
+        blocks = x[: nb * bs].view(nb, bs)
         # "not <=" so that a block whose maximum is NaN is looked at too (its other values may count)
         hot = (blocks.amax(1) <= tau).logical_not_().nonzero().squeeze(1)
         if hot.numel() * 4 <= nb:
             rc = (blocks.index_select(0, hot) > tau).nonzero()  # row-major: ascending indices
             idx = hot[rc[:, 0]].mul_(bs).add_(rc[:, 1])
             if nb * bs < m:
-                idx = torch.cat([idx, (x[nb * bs:] > tau).nonzero().squeeze(1).add_(nb * bs)])
+                idx = torch.cat([idx, (x[nb * bs :] > tau).nonzero().squeeze(1).add_(nb * bs)])
             return idx
     buf = torch.empty(_CHUNK, dtype=torch.bool, device=x.device)
     parts = []
     for s in range(0, m, _CHUNK):
-        c = x[s:s + _CHUNK]
-        nz = torch.gt(c, tau, out=buf[:c.numel()]).nonzero().squeeze(1)
+        c = x[s : s + _CHUNK]
+        nz = torch.gt(c, tau, out=buf[: c.numel()]).nonzero().squeeze(1)
         if nz.numel():
             parts.append(nz.add_(s))
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=x.device)

@@ -31,6 +31,8 @@ def prepare_output_dir(out: Path, cfg: Config) -> None:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         except OSError as e:
-            error = OutputDirError(f"train.output_dir: cannot write to {out}: {e.strerror or e}; "
-                                   "choose a writable folder (train.output_dir=... or --output-dir)")
+            error = OutputDirError(
+                f"train.output_dir: cannot write to {out}: {e.strerror or e}; "
+                "choose a writable folder (train.output_dir=... or --output-dir)"
+            )
     distributed.raise_if_any_failed(error)

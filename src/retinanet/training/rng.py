@@ -33,10 +33,18 @@ def get_rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -62,8 +70,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     if "numpy" in state:
         npst = state["numpy"]
         keys = torch.as_tensor(npst["keys"]).cpu().numpy().astype(np.uint32)
-        np.random.set_state((npst["bit_generator"], keys, int(npst["pos"]), int(npst["has_gauss"]),
-                             float(npst["cached_gaussian"])))
+        np.random.set_state(
+            (npst["bit_generator"], keys, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"]))
+        )
     if "torch" in state:
         torch.set_rng_state(torch.as_tensor(state["torch"]).cpu().to(torch.uint8))
     if "cuda" in state and state["cuda"] is not None:
@@ -73,7 +82,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             return
         n = torch.cuda.device_count()
         if n != len(saved):
-            logger.warning("checkpoint has CUDA RNG state for %d device(s), %d visible; restoring %d",
-                           len(saved), n, min(n, len(saved)))
+            logger.warning(
+                "checkpoint has CUDA RNG state for %d device(s), %d visible; restoring %d",
+                len(saved),
+                n,
+                min(n, len(saved)),
+            )
         for i in range(min(n, len(saved))):
             torch.cuda.set_rng_state(torch.as_tensor(saved[i]).cpu().to(torch.uint8), device=i)

@@ -13,8 +13,16 @@ import math
 __all__ = ["lr_at"]
 
 
-def lr_at(iteration: int, base_lr: float, max_iter: int, warmup_iters: int, warmup_factor: float,
-          steps: tuple[float, ...], gamma: float, schedule: str = "step") -> float:
+def lr_at(
+    iteration: int,
+    base_lr: float,
+    max_iter: int,
+    warmup_iters: int,
+    warmup_factor: float,
+    steps: tuple[float, ...],
+    gamma: float,
+    schedule: str = "step",
+) -> float:
     """Learning rate at ``iteration``: linear warmup, then ``"step"`` decay (times ``gamma`` at each
     fraction of ``max_iter`` in ``steps``, the paper's) or ``"cosine"`` decay from ``base_lr`` to 0 at
     ``max_iter`` (half a cosine period over the whole run, warmup included)."""
@@ -26,4 +34,4 @@ def lr_at(iteration: int, base_lr: float, max_iter: int, warmup_iters: int, warm
         return base_lr * factor * 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iter) / max(max_iter, 1)))
     milestones = [round(s * max_iter) for s in steps]
     n = sum(1 for m in milestones if iteration >= m)
-    return base_lr * factor * gamma ** n
+    return base_lr * factor * gamma**n

@@ -58,19 +58,19 @@ from retinanet.config import Config, config_to_dict
 from retinanet.data.build import build_dataset, build_eval_loader
 from retinanet.data.collate import collate
 from retinanet.data.sampler import SeededDataset, TrainBatchSampler
+from retinanet.inference.loop import evaluate
 from retinanet.modeling.build import build_model
 from retinanet.modeling.state_dict import load_model_state
-from retinanet.utils import distributed
-from retinanet.utils.device import resolve_device
-from retinanet.utils.serialization import load_file
-from retinanet.training.normalizer import LossNormalizer
 from retinanet.training.checkpoint import latest_checkpoint, remove_stale_temporaries, save_checkpoint
 from retinanet.training.metrics import MetricsLog
+from retinanet.training.normalizer import LossNormalizer
 from retinanet.training.output import prepare_output_dir
 from retinanet.training.rng import get_rng_state, set_rng_state
 from retinanet.training.schedule import lr_at
 from retinanet.training.signals import StopRequest, ignore_sigint, install_stop_handlers, restore_handlers
-from retinanet.inference.loop import evaluate
+from retinanet.utils import distributed
+from retinanet.utils.device import resolve_device
+from retinanet.utils.serialization import load_file
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged"]
 
@@ -104,8 +104,13 @@ class TrainResult:
 class Trainer:
     """Trains a RetinaNet on the dataset of ``cfg.data``; see the module docstring."""
 
-    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True,
-                 hooks: Optional[list[Callable[["Trainer"], None]]] = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        resume: bool = False,
+        progress: bool = True,
+        hooks: Optional[list[Callable[["Trainer"], None]]] = None,
+    ) -> None:
         self.cfg = cfg
         self.resume = resume
         self.progress = progress
@@ -135,8 +140,7 @@ class Trainer:
             return [p for _, p in trainable]
         body = [p for n, p in trainable if n.startswith("backbone.body.")]
         rest = [p for n, p in trainable if not n.startswith("backbone.body.")]
-        return [g for g in ({"params": body, "lr_factor": factor}, {"params": rest, "lr_factor": 1.0})
-                if g["params"]]
+        return [g for g in ({"params": body, "lr_factor": factor}, {"params": rest, "lr_factor": 1.0}) if g["params"]]
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -150,11 +154,12 @@ class Trainer:
         params = self._param_groups()
         if cfg.solver.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                params, lr=cfg.solver.lr(), betas=(cfg.solver.momentum, 0.999),
-                weight_decay=cfg.solver.weight_decay)
+                params, lr=cfg.solver.lr(), betas=(cfg.solver.momentum, 0.999), weight_decay=cfg.solver.weight_decay
+            )
         else:
-            self.optimizer = torch.optim.SGD(params, lr=cfg.solver.lr(), momentum=cfg.solver.momentum,
-                                             weight_decay=cfg.solver.weight_decay)
+            self.optimizer = torch.optim.SGD(
+                params, lr=cfg.solver.lr(), momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay
+            )
         s = cfg.solver
         if s.epochs is not None:
             self.max_iter = max(1, math.ceil(s.epochs * len(self.train_set) / s.batch_size))
@@ -168,7 +173,8 @@ class Trainer:
         self.ddp_model: nn.Module = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
 
     def _has_val(self) -> bool:
         d = self.cfg.data
@@ -176,17 +182,27 @@ class Trainer:
 
     def _loader(self, start_iter: int):
         cfg = self.cfg
-        sampler = TrainBatchSampler(len(self.train_set), cfg.solver.batch_size, seed=cfg.train.seed,
-                                    start_iter=start_iter, max_iter=self.max_iter, rank=self.rank,
-                                    world_size=self.world)
+        sampler = TrainBatchSampler(
+            len(self.train_set),
+            cfg.solver.batch_size,
+            seed=cfg.train.seed,
+            start_iter=start_iter,
+            max_iter=self.max_iter,
+            rank=self.rank,
+            world_size=self.world,
+        )
         self.batches_per_epoch = sampler.batches_per_epoch
         workers = cfg.data.num_workers
         return torch.utils.data.DataLoader(
-            SeededDataset(self.train_set, cfg.train.seed), batch_sampler=sampler,
-            num_workers=workers, collate_fn=collate,
-            persistent_workers=False, pin_memory=self.device.type == "cuda",
+            SeededDataset(self.train_set, cfg.train.seed),
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
             worker_init_fn=ignore_sigint if workers > 0 else None,
-            prefetch_factor=2 if workers > 0 else None)
+            prefetch_factor=2 if workers > 0 else None,
+        )
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -210,8 +226,9 @@ class Trainer:
         if distributed.is_main():
             path = self.out / (name or f"model_{self.iteration:07d}.pth")
             try:
-                save_checkpoint(path, self.state_dict(), keep_last=self.cfg.train.keep_checkpoints
-                                if name is None else None)
+                save_checkpoint(
+                    path, self.state_dict(), keep_last=self.cfg.train.keep_checkpoints if name is None else None
+                )
                 log.info("saved checkpoint %s", path)
             except Exception as e:  # disk full, permissions: every rank must learn of it
                 error = e
@@ -249,9 +266,12 @@ class Trainer:
                 remove_stale_temporaries(self.out)
                 self._metrics.drop_rows_after(self.iteration)
         elif distributed.is_main() and (newest := latest_checkpoint(self.out)) is not None:
-            log.warning("%s already holds checkpoints (newest: %s); this run starts from scratch and appends "
-                        "to its metrics.jsonl. Use --resume to continue that run, or another train.output_dir",
-                        self.out, newest.name)
+            log.warning(
+                "%s already holds checkpoints (newest: %s); this run starts from scratch and appends "
+                "to its metrics.jsonl. Use --resume to continue that run, or another train.output_dir",
+                self.out,
+                newest.name,
+            )
         start = self.iteration
         previous_handlers = install_stop_handlers(self._stop)
         if cfg.train.tensorboard and distributed.is_main():
@@ -265,11 +285,20 @@ class Trainer:
             loader = self._loader(start)
             if self.progress and distributed.is_main():
                 from tqdm import tqdm
+
                 bar = tqdm(total=self.max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True)
             for batch in loader:
                 data_time = time.perf_counter() - data_t0
-                lr = lr_at(self.iteration, cfg.solver.lr(), self.max_iter, cfg.solver.warmup_iters,
-                           cfg.solver.warmup_factor, cfg.solver.steps, cfg.solver.gamma, cfg.solver.schedule)
+                lr = lr_at(
+                    self.iteration,
+                    cfg.solver.lr(),
+                    self.max_iter,
+                    cfg.solver.warmup_iters,
+                    cfg.solver.warmup_factor,
+                    cfg.solver.steps,
+                    cfg.solver.gamma,
+                    cfg.solver.schedule,
+                )
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_factor", 1.0)
                 losses = self._step(batch, amp_dtype)
@@ -278,12 +307,18 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-                if distributed.is_main() and (it % cfg.train.log_period == 0 or it == self.max_iter
-                                              or it == start + 1 or "skipped" in losses):
+                if distributed.is_main() and (
+                    it % cfg.train.log_period == 0 or it == self.max_iter or it == start + 1 or "skipped" in losses
+                ):
                     now = time.perf_counter()
-                    row = {"iter": it, **{k: _finite_or_none(v) for k, v in losses.items()}, "lr": lr,
-                           "data_time": round(data_time, 4), "time": round(now - t_last, 4),
-                           "epoch": (it - 1) // self.batches_per_epoch}
+                    row = {
+                        "iter": it,
+                        **{k: _finite_or_none(v) for k, v in losses.items()},
+                        "lr": lr,
+                        "data_time": round(data_time, 4),
+                        "time": round(now - t_last, 4),
+                        "epoch": (it - 1) // self.batches_per_epoch,
+                    }
                     if self.skipped_steps:
                         row["skipped_steps"] = self.skipped_steps
                     t_last = now
@@ -297,8 +332,12 @@ class Trainer:
                     bar.refresh()
                 if it % cfg.train.checkpoint_period == 0 and it < self.max_iter:
                     self.save()
-                if self.val_set is not None and cfg.train.eval_period and it % cfg.train.eval_period == 0 \
-                        and it < self.max_iter:
+                if (
+                    self.val_set is not None
+                    and cfg.train.eval_period
+                    and it % cfg.train.eval_period == 0
+                    and it < self.max_iter
+                ):
                     self._evaluate()
                 # a signal may reach only some processes: all stop at the same step, reporting the signal
                 stop = distributed.max_over_ranks(self._stop.signum + 1 if self._stop.requested else 0)
@@ -320,8 +359,9 @@ class Trainer:
             stopped = self.iteration < self.max_iter
             final = self.save()  # the latest state, always (also after Ctrl-C)
             if stopped:
-                log.warning("training stopped at iteration %d of %d; continue with --resume", self.iteration,
-                            self.max_iter)
+                log.warning(
+                    "training stopped at iteration %d of %d; continue with --resume", self.iteration, self.max_iter
+                )
             else:
                 final = self.save("model_final.pth")
                 if self.val_set is not None:
@@ -332,22 +372,29 @@ class Trainer:
             self._metrics.close()
         if self.skipped_steps:
             log.warning("%d non-finite steps were skipped (solver.skip_nonfinite)", self.skipped_steps)
-        return TrainResult(self.iteration, self.out, final, final_metrics, stopped_early=stopped,
-                           signal=self._stop.signum, skipped_steps=self.skipped_steps)
+        return TrainResult(
+            self.iteration,
+            self.out,
+            final,
+            final_metrics,
+            stopped_early=stopped,
+            signal=self._stop.signum,
+            skipped_steps=self.skipped_steps,
+        )
 
     # ------------------------------------------------------------------------------------------
     def _step(self, batch, amp_dtype) -> dict[str, float]:
         images = [im.to(self.device, non_blocking=True) for im in batch.images]
-        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
-                   for t in batch.targets]
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in batch.targets]
         ctx = torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         with ctx:
             out = self.ddp_model(images, targets)
             normalizer = self.normalizer(out["num_fg"])
             loss_cls, loss_box = out["loss_cls"] / normalizer, out["loss_box"] / normalizer
         loss = loss_cls.float() + loss_box.float()
-        stats = torch.stack([loss.detach(), loss_cls.detach().float(), loss_box.detach().float(),
-                             out["num_fg"].float()])
+        stats = torch.stack(
+            [loss.detach(), loss_cls.detach().float(), loss_box.detach().float(), out["num_fg"].float()]
+        )
         stats = distributed.all_reduce_mean(stats)
         values = dict(zip(("loss", "loss_cls", "loss_box", "num_fg"), stats.tolist()))
         values["num_fg"] *= self.world  # foreground anchors of the whole global batch
@@ -375,14 +422,19 @@ class Trainer:
     def _nonfinite(self, values: dict[str, float], what: str) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         last = latest_checkpoint(self.out)
-        where = (f"The last checkpoint, {last}, is intact (resume from it with --resume)" if last is not None
-                 else f"No checkpoint was written to {self.out} yet")
-        msg = (f"non-finite {what} at iteration {self.iteration + 1}: "
-               + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-               + f". {where}. Hints: lower solver.base_lr (now "
-               f"{self.cfg.solver.base_lr}) or lengthen solver.warmup_iters (now {self.cfg.solver.warmup_iters}); "
-               "set solver.clip_grad_norm; check the dataset for degenerate or huge boxes; or set "
-               "solver.skip_nonfinite=true to skip such steps.")
+        where = (
+            f"The last checkpoint, {last}, is intact (resume from it with --resume)"
+            if last is not None
+            else f"No checkpoint was written to {self.out} yet"
+        )
+        msg = (
+            f"non-finite {what} at iteration {self.iteration + 1}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            + f". {where}. Hints: lower solver.base_lr (now "
+            f"{self.cfg.solver.base_lr}) or lengthen solver.warmup_iters (now {self.cfg.solver.warmup_iters}); "
+            "set solver.clip_grad_norm; check the dataset for degenerate or huge boxes; or set "
+            "solver.skip_nonfinite=true to skip such steps."
+        )
         if self.cfg.solver.skip_nonfinite:
             self.skipped_steps += 1
             log.warning("skipping step: %s", msg)
@@ -394,19 +446,31 @@ class Trainer:
         assert self.val_set is not None
         loader = build_eval_loader(self.val_set, self.cfg, rank=self.rank, world_size=self.world)
         results_path = self.out / f"detections_{self.iteration:07d}.json"
-        metrics = evaluate(self.model.fuse_for_inference(), loader, self.val_set, self.device,
-                           results_path=results_path, progress=self.progress)
+        metrics = evaluate(
+            self.model.fuse_for_inference(),
+            loader,
+            self.val_set,
+            self.device,
+            results_path=results_path,
+            progress=self.progress,
+        )
         if distributed.is_main() and metrics:
             assert self._metrics is not None  # opened by train()
             row = {"iter": self.iteration, **{f"bbox/{k}": v for k, v in metrics.items()}}
             self._metrics.write(row)
-            log.info("iteration %d: AP %.4f AP50 %.4f AP75 %.4f", self.iteration, metrics.get("AP", -1),
-                     metrics.get("AP50", -1), metrics.get("AP75", -1))
+            log.info(
+                "iteration %d: AP %.4f AP50 %.4f AP75 %.4f",
+                self.iteration,
+                metrics.get("AP", -1),
+                metrics.get("AP50", -1),
+                metrics.get("AP75", -1),
+            )
         return metrics
 
     def _plot(self, metrics_path: Path) -> None:
         try:
             from retinanet.viz.plots import plot_training_curves
+
             plot_training_curves(metrics_path, self.out / "training_curves.png")
         except Exception as e:  # a plot must never cost a finished run
             log.warning("could not draw the training curves: %s", e)

@@ -19,9 +19,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main", "barrier",
-           "all_reduce_mean", "all_gather_object", "max_over_ranks", "any_rank", "raise_if_any_failed", "RankFailed",
-           "env_rank", "cleanup"]
+__all__ = [
+    "init_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "barrier",
+    "all_reduce_mean",
+    "all_gather_object",
+    "max_over_ranks",
+    "any_rank",
+    "raise_if_any_failed",
+    "RankFailed",
+    "env_rank",
+    "cleanup",
+]
 
 
 class RankFailed(RuntimeError):

@@ -69,8 +69,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = None,
-                      separators: tuple[str, str] | None = None) -> Path:
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, *, indent: int | None = None, separators: tuple[str, str] | None = None
+) -> Path:
     """Atomically write ``json.dumps(obj, indent=indent, separators=separators)`` to ``path``.
 
     The document is encoded before the file is opened, so an object that is not JSON-serializable

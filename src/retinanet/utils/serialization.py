@@ -38,8 +38,18 @@ from retinanet.utils.io import atomic_write
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "save_file", "load_file"]
 
 _SAFE_LEAF_TYPES = (
-    str, bytes, int, float, bool, complex, type(None), torch.Size, torch.dtype, torch.device,
-    torch.Tensor, nn.Parameter,
+    str,
+    bytes,
+    int,
+    float,
+    bool,
+    complex,
+    type(None),
+    torch.Size,
+    torch.dtype,
+    torch.device,
+    torch.Tensor,
+    nn.Parameter,
 )
 _SAFE_CONTAINER_TYPES = (dict, OrderedDict, Counter, list, tuple, set)  # Counter: MultiStepLR
 _MAX_LISTED = 10
@@ -222,13 +232,10 @@ def _load_safetensors(path: Path, map_location: Any, kind: str) -> dict[str, Any
     try:
         return dict(safetensors.torch.load_file(str(path), device=str(map_location)))
     except Exception as e:  # SafetensorError and friends
-        raise CheckpointError(
-            f"{kind} {path} cannot be loaded: it is truncated or not a safetensors file ({e})"
-        ) from e
+        raise CheckpointError(f"{kind} {path} cannot be loaded: it is truncated or not a safetensors file ({e})") from e
 
 
-def load_file(path: str | os.PathLike[str], map_location: Any = "cpu", *,
-              kind: str = "checkpoint") -> dict[str, Any]:
+def load_file(path: str | os.PathLike[str], map_location: Any = "cpu", *, kind: str = "checkpoint") -> dict[str, Any]:
     """Load the dict stored in ``path`` without ever executing pickled code.
 
     ``.safetensors`` files come back as ``{name: tensor}``; any other suffix goes through

@@ -166,8 +166,9 @@ def _title_font(images: Sequence[Image.Image]) -> Any:
     return _font(int(np.clip(round(short * 0.05), 12, 32)))
 
 
-def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = None,
-                 pad: int = 8, background: RGB = _BG) -> Image.Image:
+def side_by_side(
+    images: Sequence[Image.Image], titles: Sequence[str] | None = None, pad: int = 8, background: RGB = _BG
+) -> Image.Image:
     """Images in one row with a title above each. Width = pad + sum(w_i + pad); height =
     pad + title strip (if any title) + max h_i + pad."""
     images = [_to_pil(im) for im in images]
@@ -196,8 +197,13 @@ def make_gallery(
         raise VizError(f"make_gallery: {len(titles)} titles for {ncols} columns")
     if row_titles is not None and len(row_titles) != len(grid):
         raise VizError(f"make_gallery: {len(row_titles)} row titles for {len(grid)} rows")
-    out = _grid(grid, list(titles) if titles is not None else None,
-                list(row_titles) if row_titles is not None else None, pad, background)
+    out = _grid(
+        grid,
+        list(titles) if titles is not None else None,
+        list(row_titles) if row_titles is not None else None,
+        pad,
+        background,
+    )
     if out_png is not None:
         fmt = Image.registered_extensions().get(Path(out_png).suffix.lower())
         if fmt is None:
@@ -206,8 +212,9 @@ def make_gallery(
     return out
 
 
-def _grid(grid: list[list[Image.Image]], titles: list[str] | None, row_titles: list[str] | None,
-          pad: int, background: RGB) -> Image.Image:
+def _grid(
+    grid: list[list[Image.Image]], titles: list[str] | None, row_titles: list[str] | None, pad: int, background: RGB
+) -> Image.Image:
     ncols = max(len(r) for r in grid)
     col_w = [max(r[c].size[0] for r in grid if c < len(r)) for c in range(ncols)]
     row_h = [max(im.size[1] for im in r) for r in grid]

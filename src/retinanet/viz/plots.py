@@ -106,8 +106,9 @@ def _moving_average(y: np.ndarray) -> np.ndarray:
     return (cs[1:] - cs[lo]) / (np.arange(len(y)) - lo + 1)
 
 
-def _panel(ax: Any, series: dict[str, np.ndarray], title: str, log_y: bool = False,
-           smooth: bool = False, markers: bool = False) -> None:
+def _panel(
+    ax: Any, series: dict[str, np.ndarray], title: str, log_y: bool = False, smooth: bool = False, markers: bool = False
+) -> None:
     """One axes: a line per series (tab10 colours in order), grid, legend; "no data" when empty."""
     ax.set_title(title)
     ax.grid(True, color="0.88")
@@ -122,8 +123,9 @@ def _panel(ax: Any, series: dict[str, np.ndarray], title: str, log_y: bool = Fal
         if smooth and len(arr) >= 20:
             ax.plot(x, y, color=color, alpha=0.3, linewidth=1)
             y = _moving_average(y)
-        ax.plot(x, y, color=color, linewidth=2, label=name,
-                marker="o" if markers or len(arr) == 1 else None, markersize=5)
+        ax.plot(
+            x, y, color=color, linewidth=2, label=name, marker="o" if markers or len(arr) == 1 else None, markersize=5
+        )
         drawn += 1
     if log_y:
         ax.set_yscale("log")

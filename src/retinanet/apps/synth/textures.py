@@ -42,7 +42,6 @@ def _second_color(rng: np.random.Generator, c1: np.ndarray) -> np.ndarray:
     return 255.0 - c1
 
 
-
 def random_texture(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, str]:
     """A random two-colour texture float32 [h, w, 3] in 0..255 with soft shading, and its kind."""
     kind = _TEXTURES[int(rng.integers(len(_TEXTURES)))]

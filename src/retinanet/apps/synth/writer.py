@@ -60,9 +60,14 @@ def _render_item(job: _Job) -> dict[str, Any]:
     else:
         pil.save(os.path.join(img_dir, fname), compress_level=4)
     return {
-        "file_name": fname, "height": scene.image.shape[0], "width": scene.image.shape[1],
-        "boxes": scene.boxes, "labels": scene.labels, "visible": scene.visible,
-        "textures": scene.textures, "distractor_boxes": scene.distractor_boxes,
+        "file_name": fname,
+        "height": scene.image.shape[0],
+        "width": scene.image.shape[1],
+        "boxes": scene.boxes,
+        "labels": scene.labels,
+        "visible": scene.visible,
+        "textures": scene.textures,
+        "distractor_boxes": scene.distractor_boxes,
         "distractor_kinds": scene.distractor_kinds,
     }
 
@@ -81,18 +86,29 @@ def _render_all(jobs: list[_Job], workers: int) -> Iterator[dict[str, Any]]:
                 yield r
             return
         except BrokenProcessPool:
-            log.warning("synthetic scenes: the %d worker processes failed (a script that generates data "
-                        "needs an `if __name__ == \"__main__\":` guard); rendering the remaining %d images in "
-                        "this process", workers, len(jobs) - done)
+            log.warning(
+                "synthetic scenes: the %d worker processes failed (a script that generates data "
+                'needs an `if __name__ == "__main__":` guard); rendering the remaining %d images in '
+                "this process",
+                workers,
+                len(jobs) - done,
+            )
         finally:
             pool.shutdown(cancel_futures=True)
     yield from map(_render_item, jobs[done:])
 
 
 def _generate_split(
-    out_dir: Path, split: str, num: int, seed: int, cfg: SynthConfig, image_format: str,
-    debug: bool, progress: Callable[[str, int, int], None] | None,
-    source_kwargs: dict[str, Any], workers: int,
+    out_dir: Path,
+    split: str,
+    num: int,
+    seed: int,
+    cfg: SynthConfig,
+    image_format: str,
+    debug: bool,
+    progress: Callable[[str, int, int], None] | None,
+    source_kwargs: dict[str, Any],
+    workers: int,
 ) -> dict[str, Any]:
     """Render and write one split (images, instances_{split}.json, debug_{split}.json); its summary."""
     names = cfg.class_names()
@@ -105,24 +121,33 @@ def _generate_split(
     all_boxes, all_labels, all_vis = [], [], []
     n_dis = 0
     for i, r in enumerate(_render_all(jobs, workers)):
-        images.append({"id": i + 1, "file_name": r["file_name"], "width": r["width"],
-                       "height": r["height"]})
-        for b, l in zip(r["boxes"].tolist(), r["labels"].tolist()):
+        images.append({"id": i + 1, "file_name": r["file_name"], "width": r["width"], "height": r["height"]})
+        for b, label in zip(r["boxes"].tolist(), r["labels"].tolist()):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({
-                "id": len(anns) + 1, "image_id": i + 1, "category_id": int(l) + 1,
-                "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0,
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(label) + 1,
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         all_boxes.append(r["boxes"])
         all_labels.append(r["labels"])
         all_vis.append(r["visible"])
         n_dis += len(r["distractor_boxes"])
         if debug:
-            debug_rows.append({
-                "image_id": i + 1, "visible": [round(float(v), 4) for v in r["visible"]],
-                "textures": r["textures"], "distractor_boxes": r["distractor_boxes"].tolist(),
-                "distractor_kinds": r["distractor_kinds"],
-            })
+            debug_rows.append(
+                {
+                    "image_id": i + 1,
+                    "visible": [round(float(v), 4) for v in r["visible"]],
+                    "textures": r["textures"],
+                    "distractor_boxes": r["distractor_boxes"].tolist(),
+                    "distractor_kinds": r["distractor_kinds"],
+                }
+            )
         if progress is not None:
             progress(split, i + 1, num)
     coco = {
@@ -134,8 +159,7 @@ def _generate_split(
         "licenses": [],
         "images": images,
         "annotations": anns,
-        "categories": [{"id": k + 1, "name": n, "supercategory": cfg.objects}
-                       for k, n in enumerate(names)],
+        "categories": [{"id": k + 1, "name": n, "supercategory": cfg.objects} for k, n in enumerate(names)],
     }
     ann_dir = out_dir / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
@@ -157,14 +181,15 @@ def _size_bucket_counts(boxes: np.ndarray) -> dict[str, int]:
     """COCO size buckets of boxes [n, 4] by area: small < 32^2 <= medium < 96^2 <= large."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return {
-        "small": int((area < 32 ** 2).sum()),
-        "medium": int(((area >= 32 ** 2) & (area < 96 ** 2)).sum()),
-        "large": int((area >= 96 ** 2).sum()),
+        "small": int((area < 32**2).sum()),
+        "medium": int(((area >= 32**2) & (area < 96**2)).sum()),
+        "large": int((area >= 96**2).sum()),
     }
 
 
-def _statistics(all_boxes: list[np.ndarray], all_labels: list[np.ndarray],
-                all_vis: list[np.ndarray], names: list[str]) -> dict[str, Any]:
+def _statistics(
+    all_boxes: list[np.ndarray], all_labels: list[np.ndarray], all_vis: list[np.ndarray], names: list[str]
+) -> dict[str, Any]:
     """Objects per image, per-class counts, COCO size buckets and occlusion of a split."""
     boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4), np.float32)
     labels = np.concatenate(all_labels) if all_labels else np.zeros(0, np.int64)
@@ -173,8 +198,11 @@ def _statistics(all_boxes: list[np.ndarray], all_labels: list[np.ndarray],
     sizes = _size_bucket_counts(boxes)
     n = max(len(boxes), 1)
     return {
-        "objects_per_image": {"mean": round(float(per_image.mean()), 3),
-                              "min": int(per_image.min()), "max": int(per_image.max())},
+        "objects_per_image": {
+            "mean": round(float(per_image.mean()), 3),
+            "min": int(per_image.min()),
+            "max": int(per_image.max()),
+        },
         "per_class": {nm: int((labels == k).sum()) for k, nm in enumerate(names)},
         "sizes": sizes,
         "size_fractions": {k: round(v / n, 4) for k, v in sizes.items()},
@@ -183,11 +211,18 @@ def _statistics(all_boxes: list[np.ndarray], all_labels: list[np.ndarray],
     }
 
 
-def _params(num_train: int, num_val: int, seed: int, cfg: SynthConfig, image_format: str,
-            source_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _params(
+    num_train: int, num_val: int, seed: int, cfg: SynthConfig, image_format: str, source_kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """The generation parameters as JSON values (what synth_meta.json records)."""
-    p = {"generator_version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val,
-         "seed": seed, "image_format": image_format, **asdict(cfg)}
+    p = {
+        "generator_version": GENERATOR_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "seed": seed,
+        "image_format": image_format,
+        **asdict(cfg),
+    }
     if cfg.objects == "fashion-mnist":
         p["fashion_mnist_dir"] = str(source_kwargs["fashion_mnist_dir"])
     elif cfg.objects == "mnist":
@@ -242,8 +277,9 @@ def make_synthetic_coco(
     t0 = time.perf_counter()
     splits = {}
     for split, num in (("train", num_train), ("val", num_val)):
-        splits[split] = _generate_split(out, split, num, seed, cfg, image_format, debug, progress,
-                                        source_kwargs, workers)
+        splits[split] = _generate_split(
+            out, split, num, seed, cfg, image_format, debug, progress, source_kwargs, workers
+        )
     return {
         "out_dir": str(out),
         "class_names": cfg.class_names(),
@@ -266,8 +302,7 @@ def ensure_synthetic_coco(out_dir: str | os.PathLike[str], **kwargs: Any) -> dic
     bound.apply_defaults()
     a = bound.arguments
     cfg = config_from_arguments(a)
-    source_kwargs = {"fashion_mnist_dir": a["fashion_mnist_dir"],
-                     "node_modules_dirs": tuple(a["node_modules_dirs"])}
+    source_kwargs = {"fashion_mnist_dir": a["fashion_mnist_dir"], "node_modules_dirs": tuple(a["node_modules_dirs"])}
     wanted = _params(a["num_train"], a["num_val"], a["seed"], cfg, a["image_format"], source_kwargs)
     out = Path(out_dir)
     meta_path = out / META_NAME
