@@ -9,7 +9,7 @@ parameters of stages ``1..k`` untrainable and keeps their BatchNorm in eval mode
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["Backbone"]
 
@@ -31,6 +31,21 @@ class Backbone(nn.Module):
         super().__init__()
         self.freeze_at = 0
         self.strides = [8, 16, 32]
+
+    def init_weights(self) -> None:
+        """The random init of a backbone built without weights: Kaiming-normal (fan-out, ReLU gain)
+        convs, BatchNorm with weight 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def check_images(self, x: Tensor) -> None:
+        """``ValueError`` unless ``x`` is an image batch ``[B, 3, H, W]``."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected images [B, 3, H, W], got shape {tuple(x.shape)}")
 
     def freeze(self, freeze_at: int) -> None:
         """Make stages ``1..freeze_at`` untrainable (requires_grad False, BatchNorm kept in eval mode)."""

@@ -102,16 +102,10 @@ class MobileNetV2(Backbone):
         self.out_channels = [32, 96, 1280]
         split = {1: range(0, 2), 2: range(2, 4), 3: range(4, 7), 4: range(7, 14), 5: range(14, 19)}
         self.stages = {k: [f"features.{i}" for i in r] for k, r in split.items()}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_weights()
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.name}: expected images [B, 3, H, W], got shape {tuple(x.shape)}")
+        self.check_images(x)
         outs: list[Tensor] = []
         for i, layer in enumerate(self.features):
             x = layer(x)

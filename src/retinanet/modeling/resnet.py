@@ -126,16 +126,10 @@ class ResNet(Backbone):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.out_channels = [128 * block.expansion, 256 * block.expansion, 512 * block.expansion]
         self.stages = {1: ["conv1", "bn1"], 2: ["layer1"], 3: ["layer2"], 4: ["layer3"], 5: ["layer4"]}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_weights()
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.name}: expected images [B, 3, H, W], got shape {tuple(x.shape)}")
+        self.check_images(x)
         x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         x = self.layer1(x)
         c3 = self.layer2(x)
