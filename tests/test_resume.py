@@ -36,7 +36,8 @@ from retinanet.cli import main
 from retinanet.config import config_from_dict
 from retinanet.modeling.retinanet import RetinaNet
 from retinanet.training.checkpoint import LAST_CHECKPOINT_FILE, latest_checkpoint, list_checkpoints
-from retinanet.training.trainer import Trainer, TrainingDiverged
+from retinanet.training.divergence import TrainingDiverged
+from retinanet.training.trainer import Trainer
 from retinanet.utils import serialization
 from retinanet.utils.serialization import load_file
 

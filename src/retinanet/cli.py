@@ -336,7 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.fn(args)
     from retinanet.config import ConfigError
     from retinanet.data.errors import DataError
-    from retinanet.training.trainer import TrainingDiverged
+    from retinanet.training.divergence import TrainingDiverged
     from retinanet.utils.distributed import RankFailed
     from retinanet.utils.serialization import CheckpointError
 

@@ -56,29 +56,27 @@ from torch import nn
 
 from retinanet.config import Config, config_to_dict
 from retinanet.data.build import build_dataset, build_eval_loader
-from retinanet.data.collate import collate
-from retinanet.data.sampler import SeededDataset, TrainBatchSampler
+from retinanet.data.sampler import TrainBatchSampler
 from retinanet.inference.loop import evaluate
 from retinanet.modeling.build import build_model
 from retinanet.modeling.state_dict import load_model_state
 from retinanet.training.checkpoint import latest_checkpoint, remove_stale_temporaries, save_checkpoint
+from retinanet.training.divergence import TrainingDiverged, divergence_message
+from retinanet.training.loader import build_train_loader
 from retinanet.training.metrics import MetricsLog
 from retinanet.training.normalizer import LossNormalizer
+from retinanet.training.optimizer import build_optimizer
 from retinanet.training.output import prepare_output_dir
 from retinanet.training.rng import get_rng_state, set_rng_state
 from retinanet.training.schedule import lr_at
-from retinanet.training.signals import StopRequest, ignore_sigint, install_stop_handlers, restore_handlers
+from retinanet.training.signals import StopRequest, install_stop_handlers, restore_handlers
 from retinanet.utils import distributed
 from retinanet.utils.device import resolve_device
 from retinanet.utils.serialization import load_file
 
-__all__ = ["Trainer", "TrainResult", "TrainingDiverged"]
+__all__ = ["Trainer", "TrainResult"]
 
 log = logging.getLogger("retinanet.train")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient became NaN or infinite."""
 
 
 def _finite_or_none(v: float) -> Optional[float]:
@@ -131,17 +129,6 @@ class Trainer:
         self._stop.requested = True
 
     # ------------------------------------------------------------------------------------------
-    def _param_groups(self) -> list:
-        """The trainable parameters: one list, or with ``solver.backbone_lr_factor != 1`` two groups
-        (backbone body at ``lr * factor``, FPN and head at ``lr``; the factor is kept in the group)."""
-        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        factor = self.cfg.solver.backbone_lr_factor
-        if factor == 1.0:
-            return [p for _, p in trainable]
-        body = [p for n, p in trainable if n.startswith("backbone.body.")]
-        rest = [p for n, p in trainable if not n.startswith("backbone.body.")]
-        return [g for g in ({"params": body, "lr_factor": factor}, {"params": rest, "lr_factor": 1.0}) if g["params"]]
-
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.train.seed)
@@ -151,15 +138,7 @@ class Trainer:
         self.val_set = build_dataset(cfg, train=False) if self._has_val() else None
         self.model = build_model(cfg).to(self.device)
         self.normalizer = LossNormalizer(cfg.model.loss_normalizer, cfg.model.normalizer_momentum)
-        params = self._param_groups()
-        if cfg.solver.optimizer == "adamw":
-            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                params, lr=cfg.solver.lr(), betas=(cfg.solver.momentum, 0.999), weight_decay=cfg.solver.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.SGD(
-                params, lr=cfg.solver.lr(), momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay
-            )
+        self.optimizer = build_optimizer(cfg, self.model)
         s = cfg.solver
         if s.epochs is not None:
             self.max_iter = max(1, math.ceil(s.epochs * len(self.train_set) / s.batch_size))
@@ -179,30 +158,6 @@ class Trainer:
     def _has_val(self) -> bool:
         d = self.cfg.data
         return bool(d.val_annotations) if d.format == "coco" else bool(d.voc_root and d.val_split)
-
-    def _loader(self, start_iter: int):
-        cfg = self.cfg
-        sampler = TrainBatchSampler(
-            len(self.train_set),
-            cfg.solver.batch_size,
-            seed=cfg.train.seed,
-            start_iter=start_iter,
-            max_iter=self.max_iter,
-            rank=self.rank,
-            world_size=self.world,
-        )
-        self.batches_per_epoch = sampler.batches_per_epoch
-        workers = cfg.data.num_workers
-        return torch.utils.data.DataLoader(
-            SeededDataset(self.train_set, cfg.train.seed),
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate,
-            persistent_workers=False,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=ignore_sigint if workers > 0 else None,
-            prefetch_factor=2 if workers > 0 else None,
-        )
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -282,7 +237,11 @@ class Trainer:
         final_metrics: dict[str, float] = {}
         t_last, data_t0 = time.perf_counter(), time.perf_counter()
         try:
-            loader = self._loader(start)
+            loader = build_train_loader(
+                self.train_set, cfg, start, self.max_iter, self.rank, self.world, self.device.type == "cuda"
+            )
+            assert isinstance(loader.batch_sampler, TrainBatchSampler)
+            self.batches_per_epoch = loader.batch_sampler.batches_per_epoch
             if self.progress and distributed.is_main():
                 from tqdm import tqdm
 
@@ -422,19 +381,7 @@ class Trainer:
     def _nonfinite(self, values: dict[str, float], what: str) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         last = latest_checkpoint(self.out)
-        where = (
-            f"The last checkpoint, {last}, is intact (resume from it with --resume)"
-            if last is not None
-            else f"No checkpoint was written to {self.out} yet"
-        )
-        msg = (
-            f"non-finite {what} at iteration {self.iteration + 1}: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            + f". {where}. Hints: lower solver.base_lr (now "
-            f"{self.cfg.solver.base_lr}) or lengthen solver.warmup_iters (now {self.cfg.solver.warmup_iters}); "
-            "set solver.clip_grad_norm; check the dataset for degenerate or huge boxes; or set "
-            "solver.skip_nonfinite=true to skip such steps."
-        )
+        msg = divergence_message(what, self.iteration + 1, values, last, self.out, self.cfg)
         if self.cfg.solver.skip_nonfinite:
             self.skipped_steps += 1
             log.warning("skipping step: %s", msg)
