@@ -16,7 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["BackboneConfig", "AnchorConfig", "ModelConfig", "DataConfig", "SolverConfig", "TrainConfig", "Config"]
+#: what the detector's output index means (``ModelConfig.label_space``)
+LABEL_SPACES = ("dataset", "coco_category_ids")
+
+__all__ = [
+    "LABEL_SPACES",
+    "BackboneConfig",
+    "AnchorConfig",
+    "ModelConfig",
+    "DataConfig",
+    "SolverConfig",
+    "TrainConfig",
+    "Config",
+]
 
 
 @dataclass
@@ -38,6 +50,8 @@ class AnchorConfig:
     scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     offset: float = 0.0  # anchor centre at offset * stride inside the cell (0 = cell corner)
+    round_sizes: bool = False  # torchvision: scaled sizes truncated to ints (32, 40, 50), corners rounded
+    strides_from_input: bool = False  # torchvision: a level's stride = padded input size // feature size
 
 
 @dataclass
@@ -46,6 +60,10 @@ class ModelConfig:
     post-processing."""
 
     num_classes: int = 80
+    # what output i means: "dataset" (the i-th class of the training data; names and category ids are
+    # stored in the checkpoint) | "coco_category_ids" (COCO category id i, torchvision's 91 outputs)
+    label_space: str = "dataset"
+    weights: Optional[str] = None  # a whole trained detector to start from (ours or torchvision's)
     # RGB 0-1 input statistics the backbone was trained with; the model normalizes with them
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -95,6 +113,8 @@ class DataConfig:
     min_size: tuple[int, ...] = (800,)  # shorter side; several values = multi-scale training
     max_size: int = 1333
     test_min_size: int = 800
+    resize: str = "pillow"  # pillow (uint8, antialiased) | tensor (float 0-1, interpolate bilinear, torchvision)
+    resize_rounding: str = "round"  # round each side | floor (one scale factor, torchvision)
     test_batch_size: int = 2  # images per process during evaluation and prediction
     flip_prob: float = 0.5
     size_divisibility: int = 128
