@@ -17,7 +17,7 @@ from retinanet.config import Config, ConfigError
 from retinanet.data.coco import CocoDetection
 from retinanet.data.collate import collate
 from retinanet.data.dataset import DetectionDataset
-from retinanet.data.transforms import build_transforms
+from retinanet.data.transforms import Compose, LabelsToCategoryIds, build_transforms
 from retinanet.data.voc import VOC_CLASSES, VOCDetection
 
 __all__ = ["build_dataset", "build_eval_loader"]
@@ -36,9 +36,23 @@ def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
     """The training (``train=True``) or validation dataset of ``cfg.data``, with its transforms."""
     d = cfg.data
     if train:
-        tf = build_transforms(train=True, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob)
+        tf = build_transforms(
+            train=True,
+            min_size=d.min_size,
+            max_size=d.max_size,
+            flip_prob=d.flip_prob,
+            resize=d.resize,
+            rounding=d.resize_rounding,
+        )
     else:
-        tf = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size, flip_prob=0.0)
+        tf = build_transforms(
+            train=False,
+            min_size=d.test_min_size,
+            max_size=d.max_size,
+            flip_prob=0.0,
+            resize=d.resize,
+            rounding=d.resize_rounding,
+        )
     if d.format == "coco":
         images = _existing_path(d.train_images if train else d.val_images, f"data.{'train' if train else 'val'}_images")
         ann = _existing_path(
@@ -55,7 +69,16 @@ def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
             skip_bad_images=d.skip_bad_images,
         )
     k = len(ds.class_names)
-    if k != cfg.model.num_classes:
+    if cfg.model.label_space == "coco_category_ids":  # output i is category id i: targets carry the ids
+        bad = [c for c in ds.label_to_category_id if not 0 <= c < cfg.model.num_classes]
+        if bad:
+            raise ConfigError(
+                f"model.label_space=coco_category_ids: the dataset's category ids {bad[:10]} are no outputs "
+                f"0..{cfg.model.num_classes - 1}; use model.label_space=dataset (model.weights= copies "
+                f"COCO classes by name)"
+            )
+        ds.transforms = Compose([tf, LabelsToCategoryIds(ds.label_to_category_id)])
+    elif k != cfg.model.num_classes:
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes} but the dataset "
             f"({'train' if train else 'val'}) has {k} classes: {list(ds.class_names)[:10]}"

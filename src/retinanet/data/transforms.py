@@ -2,7 +2,16 @@
 
 ``image`` is either a uint8 numpy array ``[H, W, 3]`` (what :func:`~retinanet.data.image_io.load_image`
 returns; resized with Pillow) or a float tensor ``[3, H, W]`` (resized with ``torch.nn.functional.interpolate``).
-Both use bilinear interpolation with half-pixel centres, antialiased when downscaling.
+Both use bilinear interpolation with half-pixel centres, antialiased when downscaling unless
+``antialias=False``.
+
+Two resize recipes, chosen by ``data.resize`` / ``data.resize_rounding`` (:func:`build_transforms`):
+
+- ``pillow`` / ``round`` (default, detectron2's sizes): the uint8 image resized with Pillow, each side
+  rounded to the nearest pixel;
+- ``tensor`` / ``floor`` (torchvision's detection transform): the float 0-1 image resized with
+  ``interpolate(bilinear, align_corners=False)``, no antialiasing, by one factor
+  ``s = min(short / min(h, w), max_size / max(h, w))`` with sides ``floor(h * s)``, ``floor(w * s)``.
 
 ``target`` is a dict; the keys used here:
 
@@ -21,6 +30,7 @@ same whatever the number of workers and after resuming mid-epoch.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -33,6 +43,7 @@ __all__ = [
     "ResizeShortestSide",
     "RandomHorizontalFlip",
     "ToTensor",
+    "LabelsToCategoryIds",
     "to_tensor",
     "get_output_size",
     "build_transforms",
@@ -78,14 +89,23 @@ class Compose:
         return f"Compose([{inner}])"
 
 
-def get_output_size(h: int, w: int, short: int, max_size: Optional[int]) -> tuple[int, int]:
-    """``(new_h, new_w)``: shorter side to ``short``, longer side at most ``max_size``, rounded.
+def get_output_size(h: int, w: int, short: int, max_size: Optional[int], rounding: str = "round") -> tuple[int, int]:
+    """``(new_h, new_w)``: shorter side to ``short``, longer side at most ``max_size``.
 
-    Same rule as detectron2's ``ResizeShortestEdge``: scale by ``short / min(h, w)``; if the longer
-    side then exceeds ``max_size``, scale down to it; round each side half up (at least 1).
+    ``rounding="round"``: detectron2's ``ResizeShortestEdge``: scale by ``short / min(h, w)``; if the
+    longer side then exceeds ``max_size``, scale down to it; round each side half up (at least 1).
+    ``rounding="floor"``: torchvision's: one factor ``s = min(short / min(h, w), max_size / max(h, w))``
+    and ``floor(side * s)`` (at least 1).
     """
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got (h, w) = ({h}, {w})")
+    if rounding == "floor":
+        s = short / min(h, w)
+        if max_size:
+            s = min(s, max_size / max(h, w))
+        return max(1, math.floor(float(h) * s)), max(1, math.floor(float(w) * s))
+    if rounding != "round":
+        raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
     scale = short / min(h, w)
     new_h, new_w = (float(short), scale * w) if h < w else (scale * h, float(short))
     if max_size and max(new_h, new_w) > max_size:
@@ -94,7 +114,7 @@ def get_output_size(h: int, w: int, short: int, max_size: Optional[int]) -> tupl
     return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
-def _resize_image(image: ImageLike, new_h: int, new_w: int) -> ImageLike:
+def _resize_image(image: ImageLike, new_h: int, new_w: int, antialias: bool = True) -> ImageLike:
     if isinstance(image, np.ndarray):
         pil = Image.fromarray(np.ascontiguousarray(image))
         return np.array(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
@@ -105,7 +125,7 @@ def _resize_image(image: ImageLike, new_h: int, new_w: int) -> ImageLike:
         size=(new_h, new_w),
         mode="bilinear",
         align_corners=False,
-        antialias=bool(new_h < h or new_w < w),
+        antialias=antialias and bool(new_h < h or new_w < w),
     )[0]
     if not image.is_floating_point():
         out = out.round_().clamp_(0, 255).to(image.dtype)
@@ -118,6 +138,7 @@ class ResizeShortestSide:
 
     ``min_size``: an int, or a sequence for multi-scale training (uniform choice per image).
     ``max_size``: cap on the longer side (``None`` or 0: no cap).
+    ``rounding``: ``"round"`` or ``"floor"`` (:func:`get_output_size`); ``antialias``: when downscaling.
     ``generator`` / ``seed``: source of the random choice (default: torch's global generator).
     """
 
@@ -127,6 +148,8 @@ class ResizeShortestSide:
         max_size: Optional[int] = 1333,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
+        rounding: str = "round",
+        antialias: bool = True,
     ) -> None:
         sizes = (min_size,) if isinstance(min_size, (int, np.integer)) else tuple(min_size)
         if not sizes or any(isinstance(s, bool) or int(s) != s or s <= 0 for s in sizes):
@@ -135,6 +158,9 @@ class ResizeShortestSide:
             raise ValueError(f"ResizeShortestSide: max_size must be positive or None, got {max_size!r}")
         self.min_sizes = tuple(int(s) for s in sizes)
         self.max_size = int(max_size) if max_size else None
+        if rounding not in ("round", "floor"):
+            raise ValueError(f"ResizeShortestSide: rounding must be 'round' or 'floor', got {rounding!r}")
+        self.rounding, self.antialias = rounding, bool(antialias)
         self.generator = _make_generator(generator, seed)
 
     def choose_size(self) -> int:
@@ -145,9 +171,9 @@ class ResizeShortestSide:
 
     def __call__(self, image: ImageLike, target: Target) -> tuple[ImageLike, Target]:
         h, w = _image_hw(image)
-        new_h, new_w = get_output_size(h, w, self.choose_size(), self.max_size)
+        new_h, new_w = get_output_size(h, w, self.choose_size(), self.max_size, self.rounding)
         if (new_h, new_w) != (h, w):
-            image = _resize_image(image, new_h, new_w)
+            image = _resize_image(image, new_h, new_w, self.antialias)
         target = dict(target)
         boxes = target.get("boxes")
         if boxes is not None and len(boxes):
@@ -161,7 +187,10 @@ class ResizeShortestSide:
         return image, target
 
     def __repr__(self) -> str:
-        return f"ResizeShortestSide(min_size={self.min_sizes}, max_size={self.max_size})"
+        return (
+            f"ResizeShortestSide(min_size={self.min_sizes}, max_size={self.max_size}, "
+            f"rounding={self.rounding!r}, antialias={self.antialias})"
+        )
 
 
 class RandomHorizontalFlip:
@@ -209,6 +238,23 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
     return t.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
 
+class LabelsToCategoryIds:
+    """Training targets of a model whose output ``i`` is category id ``i`` (``model.label_space:
+    coco_category_ids``): ``labels`` (the dataset's contiguous ``0..K-1``) become category ids."""
+
+    def __init__(self, label_to_category_id: Sequence[int]) -> None:
+        self.lut = torch.as_tensor(list(label_to_category_id), dtype=torch.int64)
+
+    def __call__(self, image: ImageLike, target: Target) -> tuple[ImageLike, Target]:
+        labels = target.get("labels")
+        if labels is None or len(labels) == 0:
+            return image, target
+        return image, {**target, "labels": self.lut[torch.as_tensor(labels, dtype=torch.int64)]}
+
+    def __repr__(self) -> str:
+        return f"LabelsToCategoryIds({self.lut.tolist()})"
+
+
 class ToTensor:
     """Image to float32 ``[3, H, W]`` 0-1 (see :func:`to_tensor`); the target is passed through."""
 
@@ -224,17 +270,25 @@ def build_transforms(
     min_size: Union[int, Sequence[int]] = 800,
     max_size: Optional[int] = 1333,
     flip_prob: float = 0.5,
+    resize: str = "pillow",
+    rounding: str = "round",
 ) -> Compose:
-    """Training: multi-scale resize + horizontal flip + ToTensor. Evaluation: one resize + ToTensor."""
-    if train:
-        ts: list[Callable[[ImageLike, Target], tuple[ImageLike, Target]]] = [ResizeShortestSide(min_size, max_size)]
-        if flip_prob > 0:
-            ts.append(RandomHorizontalFlip(flip_prob))
-        ts.append(ToTensor())
-        return Compose(ts)
-    if not isinstance(min_size, (int, np.integer)):
+    """Training: multi-scale resize + horizontal flip + ToTensor. Evaluation: one resize + ToTensor.
+
+    ``resize="pillow"`` resizes the uint8 image (antialiased), ``"tensor"`` the float 0-1 image after
+    ToTensor (no antialiasing, torchvision's); ``rounding`` as :func:`get_output_size`.
+    """
+    if resize not in ("pillow", "tensor"):
+        raise ValueError(f"build_transforms: resize must be 'pillow' or 'tensor', got {resize!r}")
+    if not train and not isinstance(min_size, (int, np.integer)):
         sizes = tuple(min_size)
         if len(sizes) != 1:
             raise ValueError(f"build_transforms(train=False): one test size expected, got min_size={sizes}")
         min_size = sizes[0]
-    return Compose([ResizeShortestSide(min_size, max_size), ToTensor()])
+    size = ResizeShortestSide(min_size, max_size, rounding=rounding, antialias=resize == "pillow")
+    ts: list[Callable[[ImageLike, Target], tuple[ImageLike, Target]]] = (
+        [size, ToTensor()] if resize == "pillow" else [ToTensor(), size]
+    )
+    if train and flip_prob > 0:
+        ts.insert(1, RandomHorizontalFlip(flip_prob))
+    return Compose(ts)

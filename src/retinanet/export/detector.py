@@ -45,6 +45,7 @@ class DetectorSpec:
     topk_candidates: int
     nms_thresh: float
     detections_per_image: int
+    strides_from_input: bool = False  # stride of a level = padded input size // its feature size
 
     @classmethod
     def of(cls, model: RetinaNet) -> "DetectorSpec":
@@ -56,6 +57,7 @@ class DetectorSpec:
             strides=[int(s) for s in gen.strides],
             cell_anchors=[c.tolist() for c in gen.cell_anchors],
             anchor_offset=float(gen.offset),
+            strides_from_input=bool(gen.strides_from_input),
             box_coder_weights=list(model.box_coder.weights),
             scale_clamp=model.box_coder.scale_clamp,
             score_thresh=post.score_thresh,
@@ -103,6 +105,7 @@ class ExportableDetector(nn.Module):
         self.size_divisibility = int(spec.size_divisibility)
         self.strides: List[int] = [int(s) for s in spec.strides]
         self.offset = float(spec.anchor_offset)
+        self.strides_from_input = bool(spec.strides_from_input)
         weights = spec.box_coder_weights
         coder = BoxCoder((weights[0], weights[1], weights[2], weights[3]), spec.scale_clamp)
         self.postprocessor = PostProcessor(
@@ -147,7 +150,8 @@ class ExportableDetector(nn.Module):
             lh, lw = (ph + s - 1) // s, (pw + s - 1) // s
             # a buffer: the class annotation that would type it is a string TorchScript cannot resolve
             cell = self.cell_anchors[i]  # type: ignore[index]
-            grid = grid_anchors(cell, float(s), self.offset, lh, lw).to(device, torch.float32)
+            sy, sx = (float(ph // lh), float(pw // lw)) if self.strides_from_input else (float(s), float(s))
+            grid = grid_anchors(cell, sy, sx, self.offset, lh, lw).to(device, torch.float32)
             levels.append(grid)
             counts.append(grid.size(0))
         return torch.cat(levels, dim=0), counts

@@ -107,7 +107,15 @@ class RetinaNet(nn.Module):
         body = build_backbone(b.name, norm=b.norm, freeze_at=b.freeze_at)
         backbone = BackboneWithFPN(body, FPN(list(body.out_channels), m.fpn_channels, p6_from=m.p6_from))
         a = m.anchors
-        anchors = AnchorGenerator(sizes=a.sizes, strides=a.strides, scales=a.scales, ratios=a.ratios, offset=a.offset)
+        anchors = AnchorGenerator(
+            sizes=a.sizes,
+            strides=a.strides,
+            scales=a.scales,
+            ratios=a.ratios,
+            offset=a.offset,
+            round_sizes=a.round_sizes,
+            strides_from_input=a.strides_from_input,
+        )
         head = RetinaNetHead(
             m.fpn_channels, anchors.num_anchors, m.num_classes, num_convs=m.head_convs, prior=m.prior, norm=m.head_norm
         )
@@ -186,7 +194,7 @@ class RetinaNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)
         cls_logits, box_deltas = self.head(features)
-        anchors = self.anchors_for(features)
+        anchors = self.anchors_for(features, (int(x.shape[-2]), int(x.shape[-1])))
         if self.training:
             if targets is None:
                 raise ValueError("RetinaNet in training mode needs targets (or call model.eval())")
@@ -201,10 +209,11 @@ class RetinaNet(nn.Module):
             detections = rescale_detections(detections, sizes, output_sizes)
         return detections
 
-    def anchors_for(self, features: list[Tensor]) -> Tensor:
-        """All anchors ``[N, 4]`` (float32) for the given P3..P7 feature maps, levels concatenated."""
+    def anchors_for(self, features: list[Tensor], input_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """All anchors ``[N, 4]`` (float32) for the P3..P7 feature maps, levels concatenated;
+        ``input_size``, the padded input ``(Hp, Wp)``, is needed with ``anchors.strides_from_input``."""
         sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
-        return self.anchor_generator.flat(sizes, device=features[0].device)
+        return self.anchor_generator.flat(sizes, device=features[0].device, input_size=input_size)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -10,10 +10,13 @@ rounded to integers, in float32.
 ``AnchorGenerator(...)(feature_sizes=[(H3, W3), ..., (H7, W7)], device, dtype)`` returns one tensor
 ``[H * W * A, 4]`` (x1, y1, x2, y2 pixels) per level: the cell anchors shifted to
 ``(x * stride + offset * stride, y * stride + offset * stride)`` for positions in row-major ``(y, x)``
-order, then the ``A`` anchors of each position. :meth:`AnchorGenerator.flat` gives the levels
-concatenated ``[sum H * W * A, 4]`` (P3 first), the order of the head's outputs.
+order, then the ``A`` anchors of each position. With ``strides_from_input=True`` (torchvision's rule) a
+level's stride is not the configured one but ``input_size // feature_size`` per axis, from the padded input
+``input_size=(Hp, Wp)`` passed with the call: ``800 // 13 = 61`` for P6 of an 800-pixel input.
+:meth:`AnchorGenerator.flat` gives the levels concatenated ``[sum H * W * A, 4]`` (P3 first), the order of the
+head's outputs.
 
-Results are cached per ``(feature_sizes, device, dtype)`` in a small LRU (``cache_size`` entries), so
+Results are cached per ``(feature_sizes, strides, device, dtype)`` in a small LRU (``cache_size`` entries), so
 repeated image sizes cost nothing and varying sizes don't grow memory. Cached tensors are shared
 between calls: treat them as read-only (clone before modifying in place).
 """
@@ -32,11 +35,12 @@ __all__ = ["AnchorGenerator", "grid_anchors"]
 _FeatureSizes = Sequence[Sequence[int]]
 
 
-def grid_anchors(cell: Tensor, stride: float, offset: float, h: int, w: int) -> Tensor:
-    """The ``A`` cell anchors ``[A, 4]`` shifted to every position of an ``h x w`` map with ``stride``:
-    ``[h * w * A, 4]`` in row-major ``(y, x)`` then anchor order, in ``cell``'s dtype (scriptable)."""
-    shift_x = torch.arange(w, dtype=cell.dtype, device=cell.device) * stride + offset * stride
-    shift_y = torch.arange(h, dtype=cell.dtype, device=cell.device) * stride + offset * stride
+def grid_anchors(cell: Tensor, stride_y: float, stride_x: float, offset: float, h: int, w: int) -> Tensor:
+    """The ``A`` cell anchors ``[A, 4]`` shifted to every position of an ``h x w`` map with strides
+    ``(stride_y, stride_x)``: ``[h * w * A, 4]`` in row-major ``(y, x)`` then anchor order, in ``cell``'s
+    dtype (scriptable)."""
+    shift_x = torch.arange(w, dtype=cell.dtype, device=cell.device) * stride_x + offset * stride_x
+    shift_y = torch.arange(h, dtype=cell.dtype, device=cell.device) * stride_y + offset * stride_y
     sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
     shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
     return (shifts + cell.unsqueeze(0)).reshape(-1, 4)
@@ -53,6 +57,7 @@ class AnchorGenerator:
         ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.0,
         round_sizes: bool = False,
+        strides_from_input: bool = False,
         cache_size: int = 8,
     ) -> None:
         self.sizes = self._positive("sizes", sizes)
@@ -71,6 +76,7 @@ class AnchorGenerator:
             raise ValueError(f"anchors.py: cache_size must be >= 0, got {cache_size}")
         self.offset = offset
         self.round_sizes = bool(round_sizes)
+        self.strides_from_input = bool(strides_from_input)
         self.cache_size = int(cache_size)
         self.cell_anchors: list[Tensor] = [self._cell_anchors(s) for s in self.sizes]  # float64 [A, 4]
         self._cache: OrderedDict[tuple, tuple[list[Tensor], Optional[Tensor]]] = OrderedDict()
@@ -88,7 +94,8 @@ class AnchorGenerator:
     def __repr__(self) -> str:
         return (
             f"AnchorGenerator(sizes={self.sizes}, strides={self.strides}, scales={self.scales}, "
-            f"ratios={self.ratios}, offset={self.offset}, round_sizes={self.round_sizes})"
+            f"ratios={self.ratios}, offset={self.offset}, round_sizes={self.round_sizes}, "
+            f"strides_from_input={self.strides_from_input})"
         )
 
     @property
@@ -136,21 +143,39 @@ class AnchorGenerator:
             )
         return fs
 
+    def level_strides(
+        self, feature_sizes: _FeatureSizes, input_size: Optional[Sequence[int]] = None
+    ) -> list[tuple[float, float]]:
+        """``(stride_y, stride_x)`` per level: the configured strides, or with ``strides_from_input``
+        ``(Hp // H_l, Wp // W_l)`` of the padded ``input_size=(Hp, Wp)``."""
+        fs = self._check_sizes(feature_sizes)
+        if not self.strides_from_input:
+            return [(s, s) for s in self.strides]
+        if input_size is None:
+            raise ValueError("anchors.py: strides_from_input=True needs the padded input_size=(H, W)")
+        ih, iw = int(input_size[0]), int(input_size[1])
+        return [(float(ih // max(h, 1)), float(iw // max(w, 1))) for h, w in fs]
+
     def _lookup(
-        self, feature_sizes: _FeatureSizes, device: Union[str, torch.device, None], dtype: torch.dtype
+        self,
+        feature_sizes: _FeatureSizes,
+        device: Union[str, torch.device, None],
+        dtype: torch.dtype,
+        input_size: Optional[Sequence[int]] = None,
     ) -> tuple[tuple, list[Tensor]]:
         fs = self._check_sizes(feature_sizes)
+        strides = self.level_strides(fs, input_size)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"anchors.py: dtype must be a floating torch.dtype, got {dtype!r}")
         dev = torch.device("cpu") if device is None else torch.device(device)
-        key = (fs, str(dev), dtype)
+        key = (fs, tuple(strides), str(dev), dtype)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return key, hit[0]
         levels = [
-            self._grid(cell, stride, h, w).to(device=dev, dtype=dtype)
-            for cell, stride, (h, w) in zip(self.cell_anchors, self.strides, fs)
+            grid_anchors(cell, sy, sx, self.offset, h, w).to(device=dev, dtype=dtype)
+            for cell, (sy, sx), (h, w) in zip(self.cell_anchors, strides, fs)
         ]
         if self.cache_size > 0:
             self._cache[key] = (levels, None)
@@ -158,27 +183,26 @@ class AnchorGenerator:
                 self._cache.popitem(last=False)
         return key, levels
 
-    def _grid(self, cell: Tensor, stride: float, h: int, w: int) -> Tensor:
-        """``[h * w * A, 4]`` float64 anchors of one level (CPU; computed once per cache entry)."""
-        return grid_anchors(cell, float(stride), self.offset, h, w)
-
     def __call__(
         self,
         feature_sizes: _FeatureSizes,
         device: Union[str, torch.device, None] = None,
         dtype: torch.dtype = torch.float32,
+        input_size: Optional[Sequence[int]] = None,
     ) -> list[Tensor]:
-        """One ``[H * W * A, 4]`` tensor per level for ``feature_sizes = [(H, W), ...]`` (cached, read-only)."""
-        return list(self._lookup(feature_sizes, device, dtype)[1])
+        """One ``[H * W * A, 4]`` tensor per level for ``feature_sizes = [(H, W), ...]`` (cached, read-only);
+        ``input_size`` is the padded input ``(Hp, Wp)``, needed with ``strides_from_input``."""
+        return list(self._lookup(feature_sizes, device, dtype, input_size)[1])
 
     def flat(
         self,
         feature_sizes: _FeatureSizes,
         device: Union[str, torch.device, None] = None,
         dtype: torch.dtype = torch.float32,
+        input_size: Optional[Sequence[int]] = None,
     ) -> Tensor:
         """All levels concatenated, ``[sum H * W * A, 4]`` in P3..P7 order (cached, read-only)."""
-        key, levels = self._lookup(feature_sizes, device, dtype)
+        key, levels = self._lookup(feature_sizes, device, dtype, input_size)
         entry = self._cache.get(key)
         if entry is not None and entry[1] is not None:
             return entry[1]
