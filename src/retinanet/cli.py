@@ -87,33 +87,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from retinanet.config import load_config
     from retinanet.data.build import build_dataset, build_eval_loader
     from retinanet.inference.loop import evaluate
-    from retinanet.modeling.retinanet import RetinaNet
-    from retinanet.modeling.state_dict import load_model_state
+    from retinanet.inference.predictor import load_detector
     from retinanet.utils import distributed
-    from retinanet.utils.device import resolve_device
     from retinanet.utils.io import atomic_write_json
-    from retinanet.utils.serialization import load_file
     from retinanet.utils.tuning import configure_runtime
 
     configure_runtime(args.malloc)
     cfg = load_config(args.config, args.overrides)
-    device = resolve_device(cfg.train.device)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    distributed.init_distributed(device)
+    det = load_detector(args.weights, config=cfg, device=cfg.train.device)  # fails early: before the data
+    distributed.init_distributed(det.device)
     finished = False
     try:
         dataset = build_dataset(cfg, train=False)
-        state = load_file(args.weights)  # fails early: before building the model
-        model = RetinaNet.from_config(cfg).to(device)
-        load_model_state(model, state.get("model", state))
-        model = model.fuse_for_inference(inplace=True)
+        model = det.model.fuse_for_inference(inplace=True)
+        coco_ids = det.label_to_category_id if cfg.model.label_space == "coco_category_ids" else None
         loader = build_eval_loader(dataset, cfg, rank=distributed.rank(), world_size=distributed.world_size())
         out = Path(args.out or Path(args.weights).parent)
         if distributed.is_main():
             out.mkdir(parents=True, exist_ok=True)
         metrics = evaluate(
-            model, loader, dataset, device, results_path=out / "detections.json", progress=not args.no_progress
+            model,
+            loader,
+            dataset,
+            det.device,
+            results_path=out / "detections.json",
+            progress=not args.no_progress,
+            label_to_category_id=coco_ids,
         )
         if distributed.is_main():
             atomic_write_json(out / "metrics.json", metrics, indent=2)
@@ -140,10 +141,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     used: set[str] = set()
+    names = dict(zip(pred.label_to_category_id, pred.class_names))
     for i, det in enumerate(pred.predict_many(paths, batch_size=args.batch_size, progress=not args.no_progress)):
         path = paths[i]
         results.extend(
-            {**r, "file_name": str(path)} for r in detections_to_coco_results([det], [i], pred.label_to_category_id)
+            {**r, "category_name": names[r["category_id"]], "file_name": str(path)}
+            for r in detections_to_coco_results([det], [i], pred.label_to_category_id)
         )
         if not args.no_draw:
             name = f"{path.stem}_pred.png"
@@ -213,6 +216,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         objects=args.objects,
     )
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from retinanet.inference.convert import convert_checkpoint
+
+    path, preset = convert_checkpoint(args.file, args.out, config=args.config)
+    print(
+        f"converted {args.file} ({preset}) -> {path}; predict / eval / export / model.weights= take it without --config"
+    )
     return 0
 
 
@@ -309,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--objects", default="shapes", choices=["shapes", "fashion-mnist", "mnist"])
     s.set_defaults(fn=_cmd_synth)
+
+    cv = sub.add_parser("convert", help="convert another library's detector file into a checkpoint of ours")
+    cvsub = cv.add_subparsers(dest="source", required=True)
+    ct = cvsub.add_parser("torchvision", help="a torchvision RetinaNet state dict (v1 or v2, old or new key layout)")
+    ct.add_argument("file")
+    ct.add_argument("--out", required=True, help="the checkpoint to write (.pth or .safetensors)")
+    ct.add_argument("--config", help="preset or YAML file (default: the preset whose architecture fits the file)")
+    ct.set_defaults(fn=_cmd_convert)
 
     ps = sub.add_parser("presets", help="list the packaged config presets")
     ps.set_defaults(fn=_cmd_presets)

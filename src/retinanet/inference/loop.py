@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sized
 from pathlib import Path
-from typing import Any, Iterator, Optional, cast
+from typing import Any, Iterator, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -68,11 +68,22 @@ def evaluate(
     device: torch.device,
     results_path: Optional[Path] = None,
     progress: bool = False,
+    label_to_category_id: Optional[Sequence[int]] = None,
 ) -> dict[str, float]:
     """COCO evaluation of ``model`` on ``dataset`` (which provides ``coco_gt()`` and
-    ``label_to_category_id``); detections are written to ``results_path`` when given."""
-    evaluator = CocoEvaluator(dataset)
+    ``label_to_category_id``); detections are written to ``results_path`` when given.
+    ``label_to_category_id`` replaces the dataset's when the model's outputs are not the dataset's
+    classes (``model.label_space: coco_category_ids``); detections of category ids the dataset does
+    not have are then left out (COCO evaluation has no ground truth for them)."""
+    evaluator = CocoEvaluator(dataset, label_to_category_id=label_to_category_id)
+    keep: Optional[torch.Tensor] = None
+    if label_to_category_id is not None:  # outputs of categories the dataset lacks are left out
+        known = set(int(c) for c in dataset.label_to_category_id)
+        keep = torch.tensor([int(c) in known for c in label_to_category_id])
     for target, det in predict_batches(model, loader, device, progress=progress):
+        if keep is not None:
+            sel = keep.to(det["labels"].device)[det["labels"]]
+            det = {k: v[sel] for k, v in det.items()}
         evaluator.update([det], [target])
     evaluator.gather()
     if not distributed.is_main():

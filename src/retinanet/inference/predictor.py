@@ -32,11 +32,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from retinanet.config import Config, ConfigError, config_from_dict, load_config, validate
+from retinanet.data.categories import label_table
 from retinanet.data.collate import collate
 from retinanet.data.image_io import load_image
 from retinanet.data.transforms import build_transforms
 from retinanet.modeling.retinanet import RetinaNet
-from retinanet.modeling.state_dict import load_model_state
+from retinanet.modeling.state_dict import canonical_state_dict, describe_state, load_model_state, matching_presets
 from retinanet.utils.device import resolve_device
 from retinanet.utils.serialization import load_file
 
@@ -114,8 +115,8 @@ class LoadedDetector:
     model: RetinaNet  # eval mode, on ``device``
     cfg: Config
     device: torch.device
-    class_names: list[str]  # label i -> name
-    label_to_category_id: list[int]  # label i -> dataset category id (1..K when the file has none)
+    class_names: list[str]  # label i -> name (retinanet.data.categories.label_table)
+    label_to_category_id: list[int]  # label i -> category id (1..K when a "dataset" file has none)
 
 
 def load_detector(
@@ -150,8 +151,11 @@ def load_detector(
         except ConfigError as e:
             raise ConfigError(f"{weights}: the stored config is invalid: {e}") from None
     else:
+        exact, _ = matching_presets(describe_state(canonical_state_dict(model_state, set())))
+        hint = f"; it fits the preset {' or '.join(exact)}" if exact else ""
         raise ConfigError(
-            f"{weights}: the file holds no config; pass config= (a YAML file or preset; --config on the command line)"
+            f"{weights}: the file holds no config; pass config= (a YAML file or preset; --config on the "
+            f"command line){hint}"
         )
     if score_thresh is not None:
         cfg.model.score_thresh = float(score_thresh)
@@ -162,14 +166,16 @@ def load_detector(
     dev = resolve_device(device)
     model = RetinaNet.from_config(cfg).to(dev).eval()
     load_model_state(model, model_state)
-    k = cfg.model.num_classes
-    names = state.get("class_names")
-    class_names = [str(n) for n in names] if names else [str(i) for i in range(k)]
-    if len(class_names) != k:
-        raise ConfigError(f"{weights}: {len(class_names)} class names stored for model.num_classes={k}")
-    cat_ids = [int(c) for c in (state.get("label_to_category_id") or range(1, k + 1))]
-    if len(cat_ids) != k:
-        raise ConfigError(f"{weights}: {len(cat_ids)} category ids stored for model.num_classes={k}")
+    try:
+        class_names, cat_ids = label_table(
+            cfg.model.label_space,
+            cfg.model.num_classes,
+            state.get("class_names"),
+            state.get("label_to_category_id"),
+            source=str(weights),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return LoadedDetector(model, cfg, dev, class_names, cat_ids)
 
 
@@ -193,7 +199,14 @@ class Predictor:
         self.class_names: list[str] = det.class_names
         self.label_to_category_id: list[int] = det.label_to_category_id
         d = self.cfg.data
-        self.transforms = build_transforms(train=False, min_size=d.test_min_size, max_size=d.max_size, flip_prob=0.0)
+        self.transforms = build_transforms(
+            train=False,
+            min_size=d.test_min_size,
+            max_size=d.max_size,
+            flip_prob=0.0,
+            resize=d.resize,
+            rounding=d.resize_rounding,
+        )
 
     def predict(self, image: ImageLike) -> dict:
         """Detections for one image: ``boxes`` [n, 4] (file pixels), ``scores``, ``labels``, ``names``."""

@@ -136,7 +136,7 @@ class Trainer:
         if len(self.train_set) == 0:
             raise ValueError("the training dataset has no images")
         self.val_set = build_dataset(cfg, train=False) if self._has_val() else None
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg, class_names=list(self.train_set.class_names)).to(self.device)
         self.normalizer = LossNormalizer(cfg.model.loss_normalizer, cfg.model.normalizer_momentum)
         self.optimizer = build_optimizer(cfg, self.model)
         s = cfg.solver
@@ -393,6 +393,7 @@ class Trainer:
         assert self.val_set is not None
         loader = build_eval_loader(self.val_set, self.cfg, rank=self.rank, world_size=self.world)
         results_path = self.out / f"detections_{self.iteration:07d}.json"
+        m = self.cfg.model
         metrics = evaluate(
             self.model.fuse_for_inference(),
             loader,
@@ -400,6 +401,7 @@ class Trainer:
             self.device,
             results_path=results_path,
             progress=self.progress,
+            label_to_category_id=list(range(m.num_classes)) if m.label_space == "coco_category_ids" else None,
         )
         if distributed.is_main() and metrics:
             assert self._metrics is not None  # opened by train()
