@@ -27,7 +27,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RetinaNetHead", "RetinaNetClassificationHead", "RetinaNetRegressionHead", "flatten_levels"]
+__all__ = [
+    "RetinaNetHead",
+    "RetinaNetClassificationHead",
+    "RetinaNetRegressionHead",
+    "flatten_levels",
+    "init_cls_logits",
+]
 
 HEAD_NORMS = (None, "GN")
 
@@ -71,6 +77,16 @@ def flatten_levels(outputs: Sequence[Tensor], last: int) -> Tensor:
     return torch.cat(views, dim=1).view(b, -1, last)
 
 
+def init_cls_logits(conv: nn.Conv2d, prior: float) -> None:
+    """The classification output's init: weights normal(std=0.01), bias ``-log((1 - prior) / prior)``
+    (every anchor starts at foreground probability ``prior``)."""
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    nn.init.normal_(conv.weight, std=0.01)
+    assert conv.bias is not None
+    nn.init.constant_(conv.bias, -math.log((1.0 - prior) / prior))
+
+
 class RetinaNetClassificationHead(nn.Module):
     """Classification subnet: ``conv`` tower + ``cls_logits`` (K*A outputs, prior-probability bias)."""
 
@@ -90,9 +106,8 @@ class RetinaNetClassificationHead(nn.Module):
         self.num_classes = num_classes
         self.conv = _tower(in_channels, num_convs, norm)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
-        _init_normal(self)
-        assert self.cls_logits.bias is not None
-        nn.init.constant_(self.cls_logits.bias, -math.log((1.0 - prior) / prior))
+        _init_normal(self.conv)
+        init_cls_logits(self.cls_logits, prior)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         return flatten_levels([self.cls_logits(self.conv(f)) for f in features], self.num_classes)
