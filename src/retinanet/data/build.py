@@ -20,7 +20,7 @@ from retinanet.data.dataset import DetectionDataset
 from retinanet.data.transforms import Compose, LabelsToCategoryIds, build_transforms
 from retinanet.data.voc import VOC_CLASSES, VOCDetection
 
-__all__ = ["build_dataset", "build_eval_loader"]
+__all__ = ["build_dataset", "build_eval_loader", "eval_transforms"]
 
 
 def _existing_path(value: str | None, key: str) -> str:
@@ -30,6 +30,19 @@ def _existing_path(value: str | None, key: str) -> str:
     if not Path(value).exists():
         raise ConfigError(f"{key}: path does not exist: {value}")
     return value
+
+
+def eval_transforms(cfg: Config) -> Compose:
+    """The evaluation and prediction transforms of ``cfg.data``: one resize, then ToTensor."""
+    d = cfg.data
+    return build_transforms(
+        train=False,
+        min_size=d.test_min_size,
+        max_size=d.max_size,
+        flip_prob=0.0,
+        resize=d.resize,
+        rounding=d.resize_rounding,
+    )
 
 
 def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
@@ -45,14 +58,7 @@ def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
             rounding=d.resize_rounding,
         )
     else:
-        tf = build_transforms(
-            train=False,
-            min_size=d.test_min_size,
-            max_size=d.max_size,
-            flip_prob=0.0,
-            resize=d.resize,
-            rounding=d.resize_rounding,
-        )
+        tf = eval_transforms(cfg)
     if d.format == "coco":
         images = _existing_path(d.train_images if train else d.val_images, f"data.{'train' if train else 'val'}_images")
         ann = _existing_path(

@@ -32,10 +32,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from retinanet.config import Config, ConfigError, config_from_dict, load_config, validate
+from retinanet.data.build import eval_transforms
 from retinanet.data.categories import label_table
 from retinanet.data.collate import collate
 from retinanet.data.image_io import load_image
-from retinanet.data.transforms import build_transforms
 from retinanet.modeling.retinanet import RetinaNet
 from retinanet.modeling.state_dict import canonical_state_dict, describe_state, load_model_state, matching_presets
 from retinanet.utils.device import resolve_device
@@ -198,15 +198,7 @@ class Predictor:
         self.inference_model = self.model.fuse_for_inference()
         self.class_names: list[str] = det.class_names
         self.label_to_category_id: list[int] = det.label_to_category_id
-        d = self.cfg.data
-        self.transforms = build_transforms(
-            train=False,
-            min_size=d.test_min_size,
-            max_size=d.max_size,
-            flip_prob=0.0,
-            resize=d.resize,
-            rounding=d.resize_rounding,
-        )
+        self.transforms = eval_transforms(self.cfg)
 
     def predict(self, image: ImageLike) -> dict:
         """Detections for one image: ``boxes`` [n, 4] (file pixels), ``scores``, ``labels``, ``names``."""
