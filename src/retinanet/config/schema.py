@@ -14,19 +14,23 @@ validating them is :mod:`retinanet.config.loader`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
 
 #: what the detector's output index means (``ModelConfig.label_space``)
 LABEL_SPACES = ("dataset", "coco_category_ids")
+#: the metrics a COCO evaluation returns (``train.best_metric`` may also be ``AP/<class name>``)
+EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 __all__ = [
     "LABEL_SPACES",
+    "EVAL_METRICS",
     "BackboneConfig",
     "AnchorConfig",
     "ModelConfig",
     "DataConfig",
     "SolverConfig",
     "TrainConfig",
+    "TestConfig",
     "Config",
 ]
 
@@ -120,6 +124,9 @@ class DataConfig:
     size_divisibility: int = 128
     num_workers: int = 2
     skip_bad_images: bool = False
+    # training augmentations, in order, on the file's image before the resize: [{name: OP, p: 0.5, ...}, ...]
+    # (ops and parameters: retinanet.config.augment.AUGMENT_OPS; empty: resize and flip only)
+    augment: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +143,8 @@ class SolverConfig:
     max_iter: int = 90000
     epochs: Optional[float] = None  # if set, max_iter = ceil(epochs * len(dataset) / batch_size)
     warmup_iters: int = 1000
+    # warmup = min(warmup_iters, round(warmup_fraction * max_iter)): a short run is not mostly warmup
+    warmup_fraction: float = 0.1
     warmup_factor: float = 0.001
     schedule: str = "step"  # step (the paper's: times gamma at each of `steps`) | cosine (to 0 at max_iter)
     steps: tuple[float, ...] = (2 / 3, 8 / 9)  # fractions of max_iter (step schedule)
@@ -143,6 +152,10 @@ class SolverConfig:
     clip_grad_norm: Optional[float] = None
     amp: str = "off"  # off | bf16 | fp16 (fp16 on CUDA only)
     skip_nonfinite: bool = False  # skip steps with NaN/inf loss instead of stopping
+    # weight EMA (evaluation, prediction, export use it): decay * (1 - exp(-updates / ema_tau))
+    ema: bool = False
+    ema_decay: float = 0.9998
+    ema_tau: float = 2000.0  # warmup of the decay in optimizer steps; 0 = the full decay from the start
 
     def lr(self) -> float:
         """The learning rate after linear scaling by the global batch size."""
@@ -162,13 +175,27 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
     tensorboard: bool = True  # also log metrics as TensorBoard events (rank 0; only if tensorboard is installed)
+    # wall-clock budget of training ("15m", "90s", "1h" or seconds; null = off): the number of steps (at
+    # most solver.max_iter / solver.epochs) and the schedule are fitted to the measured step time
+    time_budget: Optional[Union[str, float]] = None
+    best_metric: str = "AP"  # model_best.pth keeps the evaluation with the highest value of this metric
+
+
+@dataclass
+class TestConfig:
+    """Test-time augmentation at evaluation and prediction (off by default)."""
+
+    tta: tuple[Union[str, int], ...] = ()  # "hflip" and/or extra shorter-side sizes, e.g. [hflip, 640, 1024]
+    tta_merge: str = "nms"  # nms | wbf (weighted box fusion)
+    tta_iou: float = 0.55  # IoU above which views' boxes of one class are merged
 
 
 @dataclass
 class Config:
-    """A whole run: model, data, solver and train sections."""
+    """A whole run: model, data, solver, train and test sections."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from retinanet.config.schema import LABEL_SPACES, Config
+from retinanet.config.augment import parse_augment_list
+from retinanet.config.schema import EVAL_METRICS, LABEL_SPACES, Config
 
-__all__ = ["ConfigError", "validate"]
+__all__ = ["ConfigError", "validate", "parse_duration"]
 
 
 class ConfigError(ValueError):
@@ -22,6 +23,30 @@ class ConfigError(ValueError):
         self.key = key
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds of a duration: a number of seconds, or a string ``"90s"``, ``"15m"``, ``"1.5h"``, ``"600"``;
+    ``ValueError`` for anything else, zero or negative."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        scale = _DURATION_UNITS.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if scale else text) * (scale or 1.0)
+        except ValueError:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 1h or seconds)") from None
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        raise ValueError(f"not a duration: {value!r}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"a duration must be > 0: {value!r}")
+    return seconds
+
+
 def _check(cond: bool, key: str, msg: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg} (got {value!r})", key)
@@ -30,6 +55,14 @@ def _check(cond: bool, key: str, msg: str, value: Any) -> None:
 def validate(cfg: Config) -> None:
     """Reject impossible values with a message naming the key."""
     m, d, s, t = cfg.model, cfg.data, cfg.solver, cfg.train
+    _check(
+        all(v == "hflip" or (isinstance(v, int) and v > 0) for v in cfg.test.tta),
+        "test.tta",
+        "items must be hflip or shorter-side sizes > 0",
+        cfg.test.tta,
+    )
+    _check(cfg.test.tta_merge in ("nms", "wbf"), "test.tta_merge", "must be nms or wbf", cfg.test.tta_merge)
+    _check(0 < cfg.test.tta_iou <= 1, "test.tta_iou", "must be in (0, 1]", cfg.test.tta_iou)
     _check(m.num_classes >= 1, "model.num_classes", "must be >= 1", m.num_classes)
     _check(
         len(m.pixel_mean) == 3 and all(math.isfinite(v) for v in m.pixel_mean),
@@ -110,6 +143,7 @@ def validate(cfg: Config) -> None:
         d.size_divisibility,
     )
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
+    parse_augment_list(d.augment, "data.augment")
 
     _check(s.batch_size >= 1, "solver.batch_size", "must be >= 1", s.batch_size)
     _check(s.base_lr > 0 and math.isfinite(s.base_lr), "solver.base_lr", "must be a positive number", s.base_lr)
@@ -127,6 +161,9 @@ def validate(cfg: Config) -> None:
     _check(s.epochs is None or s.epochs > 0, "solver.epochs", "must be > 0", s.epochs)
     _check(s.warmup_iters >= 0, "solver.warmup_iters", "must be >= 0", s.warmup_iters)
     _check(0 < s.warmup_factor <= 1, "solver.warmup_factor", "must be in (0, 1]", s.warmup_factor)
+    _check(0 <= s.warmup_fraction <= 1, "solver.warmup_fraction", "must be in [0, 1]", s.warmup_fraction)
+    _check(0 < s.ema_decay < 1, "solver.ema_decay", "must be in (0, 1)", s.ema_decay)
+    _check(s.ema_tau >= 0 and math.isfinite(s.ema_tau), "solver.ema_tau", "must be >= 0", s.ema_tau)
     _check(
         all(0 < x <= 1 for x in s.steps) and list(s.steps) == sorted(s.steps),
         "solver.steps",
@@ -147,6 +184,18 @@ def validate(cfg: Config) -> None:
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     _check(t.eval_period >= 0, "train.eval_period", "must be >= 0", t.eval_period)
     _check(t.log_period >= 1, "train.log_period", "must be >= 1", t.log_period)
+    if t.time_budget is not None:
+        try:
+            parse_duration(t.time_budget)
+        except ValueError:
+            msg = "must be a duration > 0 like 90s, 15m, 1h or seconds, or null"
+            _check(False, "train.time_budget", msg, t.time_budget)
+    _check(
+        t.best_metric in EVAL_METRICS or (t.best_metric.startswith("AP/") and len(t.best_metric) > 3),
+        "train.best_metric",
+        f"must be one of {', '.join(EVAL_METRICS)} or AP/<class name>",
+        t.best_metric,
+    )
     _check(t.num_threads >= 0, "train.num_threads", "must be >= 0", t.num_threads)
     _check(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),

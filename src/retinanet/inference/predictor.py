@@ -36,6 +36,7 @@ from retinanet.data.build import eval_transforms
 from retinanet.data.categories import label_table
 from retinanet.data.collate import collate
 from retinanet.data.image_io import load_image
+from retinanet.inference.tta import with_tta
 from retinanet.modeling.retinanet import RetinaNet
 from retinanet.modeling.state_dict import canonical_state_dict, describe_state, load_model_state, matching_presets
 from retinanet.utils.device import resolve_device
@@ -117,6 +118,7 @@ class LoadedDetector:
     device: torch.device
     class_names: list[str]  # label i -> name (retinanet.data.categories.label_table)
     label_to_category_id: list[int]  # label i -> category id (1..K when a "dataset" file has none)
+    ema: bool = False  # the weights are the checkpoint's "ema" entry (solver.ema), not its "model"
 
 
 def load_detector(
@@ -130,7 +132,9 @@ def load_detector(
 
     The config is ``config`` (a :class:`Config`, YAML file or preset) when given, else the one stored
     in the checkpoint (with ``overrides``). ``score_thresh`` replaces ``model.score_thresh`` and is
-    validated like it (``ConfigError`` outside [0, 1]). Errors: ``FileNotFoundError``,
+    validated like it (``ConfigError`` outside [0, 1]). A checkpoint of a run with weight EMA holds the
+    EMA weights in ``"ema"`` beside the raw ones in ``"model"``: they are loaded when the config says
+    ``solver.ema`` (``solver.ema=false`` loads the raw ones). Errors: ``FileNotFoundError``,
     :class:`~retinanet.utils.serialization.CheckpointError` (truncated, unsafe, wrong architecture),
     :class:`~retinanet.config.ConfigError`.
     """
@@ -163,6 +167,9 @@ def load_detector(
             validate(cfg)
         except ConfigError as e:
             raise ConfigError(f"score threshold {score_thresh}: {e}") from None
+    use_ema = bool(cfg.solver.ema) and isinstance(state.get("ema"), dict)
+    if use_ema:
+        model_state = state["ema"]
     dev = resolve_device(device)
     model = RetinaNet.from_config(cfg).to(dev).eval()
     load_model_state(model, model_state)
@@ -176,7 +183,7 @@ def load_detector(
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return LoadedDetector(model, cfg, dev, class_names, cat_ids)
+    return LoadedDetector(model, cfg, dev, class_names, cat_ids, ema=use_ema)
 
 
 class Predictor:
@@ -195,7 +202,7 @@ class Predictor:
         self.device = det.device
         self.model = det.model
         # predict runs a BN-folded copy (same detections up to float rounding, faster on CPU)
-        self.inference_model = self.model.fuse_for_inference()
+        self.inference_model = with_tta(self.model.fuse_for_inference(), self.cfg)  # cfg.test.tta
         self.class_names: list[str] = det.class_names
         self.label_to_category_id: list[int] = det.label_to_category_id
         self.transforms = eval_transforms(self.cfg)

@@ -4,7 +4,7 @@
 :func:`retinanet.utils.serialization.load_file` (never runs pickled code). The file is one of
 
 - a checkpoint of ours (a dict with ``"model"`` and ``"config"``; ``"class_names"`` when trained with
-  ``model.label_space="dataset"``),
+  ``model.label_space="dataset"``; its ``"ema"`` weights when it was trained with ``solver.ema``),
 - torchvision's RetinaNet state dict, bare or as ``{"model": state}``, current or old key layout
   (:func:`retinanet.modeling.state_dict.canonical_state_dict` renames the keys).
 
@@ -135,7 +135,11 @@ def load_detector_weights(
     path = Path(path)
     raw = load_file(path, kind="model.weights file")
     own = model.state_dict()
-    sd = {k: v for k, v in canonical_state_dict(raw, set(own)).items() if isinstance(v, Tensor)}
+    weights = raw
+    if isinstance(raw.get("ema"), Mapping) and ((raw.get("config") or {}).get("solver") or {}).get("ema"):
+        weights = {"model": raw["ema"]}  # a checkpoint trained with solver.ema: its EMA weights, as predict uses
+        log.info("model.weights=%s: using its EMA weights (solver.ema)", path)
+    sd = {k: v for k, v in canonical_state_dict(weights, set(own)).items() if isinstance(v, Tensor)}
     if not any(k.startswith("head.") for k in sd):
         shown = _listed(sorted(sd)) or "no tensors"
         raise DetectorWeightsError(

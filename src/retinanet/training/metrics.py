@@ -6,19 +6,21 @@ NaN). :class:`MetricsLog` appends rows (:meth:`~MetricsLog.write`), tags each nu
 as ``<prefix><name>`` unless the name already has a ``/`` (``train/loss``, ``bbox/AP``), and on
 resume drops the rows of the iterations that are about to be redone
 (:meth:`~MetricsLog.drop_rows_after`). A TensorBoard failure never costs a run: it is logged and
-TensorBoard logging is switched off.
+TensorBoard logging is switched off. :func:`train_row` is a training iteration's row;
+:func:`plot_curves` draws the loss / lr curves of the file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from retinanet.utils.io import atomic_write_text
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "train_row", "plot_curves"]
 
 log = logging.getLogger("retinanet.train")
 
@@ -85,3 +87,35 @@ class MetricsLog:
             except Exception:
                 pass
             self._tb = None
+
+
+def _finite_or_none(v: float) -> Optional[float]:
+    return round(v, 6) if math.isfinite(v) else None  # JSON has no NaN / Infinity
+
+
+def train_row(
+    iteration: int, losses: dict[str, float], lr: float, data_time: float, step_time: float, epoch: int, skipped: int
+) -> dict[str, Any]:
+    """The row of a training iteration: losses (None where not finite), lr, seconds waiting for data and
+    since the previous row, the epoch and, when any were skipped, the count of skipped steps."""
+    row = {
+        "iter": iteration,
+        **{k: _finite_or_none(v) for k, v in losses.items()},
+        "lr": lr,
+        "data_time": round(data_time, 4),
+        "time": round(step_time, 4),
+        "epoch": epoch,
+    }
+    if skipped:
+        row["skipped_steps"] = skipped
+    return row
+
+
+def plot_curves(metrics_path: Path, png: Path) -> None:
+    """Draw the training curves of ``metrics_path`` into ``png``; a failure is only logged."""
+    try:
+        from retinanet.viz.plots import plot_training_curves
+
+        plot_training_curves(metrics_path, png)
+    except Exception as e:  # a plot must never cost a finished run
+        log.warning("could not draw the training curves: %s", e)
