@@ -1,4 +1,4 @@
-"""Command line: ``retinanet train | eval | predict | export | demo | data synth | presets``.
+"""Command line: ``retinanet train | eval | predict | export | demo | data synth | data show | presets``.
 
     retinanet train CONFIG [section.key=value ...] [--resume]
     retinanet eval CONFIG --weights CKPT [section.key=value ...]
@@ -6,6 +6,7 @@
     retinanet export --weights CKPT --out model.pt [--format torchscript|pt2|onnx]
     retinanet demo [--out DIR] [--quick]
     retinanet data synth --out DIR [--train N --val N --size H W --seed S]
+    retinanet data show CONFIG [section.key=value ...] --out DIR [--num 8] [--seed S]
 
 CONFIG is a YAML file or the name of a packaged preset (``retinanet presets`` lists them). Under
 ``torchrun --nproc_per_node N -m retinanet train ...`` training and evaluation run distributed.
@@ -69,8 +70,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"continue with: retinanet train {args.config} ... --resume")
         if result.skipped_steps:
             print(f"{result.skipped_steps} steps with a non-finite loss or gradient were skipped")
+        if result.planned_iter is not None and not result.stopped_early:
+            print(f"time budget: {result.iteration} of at most {result.planned_iter} steps fit")
         if result.metrics:
             print(_metrics_line(result.metrics))
+        if result.best_checkpoint is not None and result.best_value is not None:
+            print(
+                f"best {result.best_metric} {result.best_value:.4f} at iteration {result.best_iteration}: "
+                f"{result.best_checkpoint}"
+            )
     # stopped by a signal: the shell convention 128 + signal number (130 for Ctrl-C), so scripts can
     # tell an interrupted run (resumable) from a finished one
     return 128 + result.signal if result.signal else 0
@@ -88,6 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from retinanet.data.build import build_dataset, build_eval_loader
     from retinanet.inference.loop import evaluate
     from retinanet.inference.predictor import load_detector
+    from retinanet.inference.tta import with_tta
     from retinanet.utils import distributed
     from retinanet.utils.io import atomic_write_json
     from retinanet.utils.tuning import configure_runtime
@@ -101,7 +110,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     finished = False
     try:
         dataset = build_dataset(cfg, train=False)
-        model = det.model.fuse_for_inference(inplace=True)
+        model = with_tta(det.model.fuse_for_inference(inplace=True), cfg)
         coco_ids = det.label_to_category_id if cfg.model.label_space == "coco_category_ids" else None
         loader = build_eval_loader(dataset, cfg, rank=distributed.rank(), world_size=distributed.world_size())
         out = Path(args.out or Path(args.weights).parent)
@@ -219,6 +228,44 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    import torch
+
+    from retinanet.config import load_config
+    from retinanet.data.build import build_dataset
+    from retinanet.data.sampler import SeededDataset
+    from retinanet.utils.io import atomic_write
+    from retinanet.viz.draw import draw_detections, make_gallery
+
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    cfg = load_config(args.config, args.overrides)
+    ds = build_dataset(cfg, train=True)
+    if len(ds) == 0:
+        raise ValueError("the training dataset is empty")
+    seed = cfg.train.seed if args.seed is None else args.seed
+    names: list[str] = list(ds.class_names)
+    if cfg.model.label_space == "coco_category_ids":  # training labels are category ids
+        by_id = dict(zip(ds.label_to_category_id, ds.class_names))
+        names = [by_id.get(c, str(c)) for c in range(cfg.model.num_classes)]
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    seeded = SeededDataset(ds, seed)  # item (index, epoch): what training with train.seed=seed sees
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    thumbs = []
+    for k in range(args.num):
+        image, target = seeded[(order[k % len(ds)], k // len(ds))]
+        pic = draw_detections(image, target["boxes"], target["labels"], class_names=names)
+        stem = Path(ds.image_info(target["index"]).file_name).stem
+        atomic_write(out / f"augment_{k:03d}_{stem}.png", lambda f: pic.save(f, format="PNG"))
+        pic.thumbnail((320, 320))
+        thumbs.append(pic)
+    rows = [thumbs[i : i + 4] for i in range(0, len(thumbs), 4)]
+    make_gallery(rows, out / "augment_sheet.png", titles=None)
+    print(f"{args.num} augmented training images -> {out}/augment_*.png, contact sheet {out / 'augment_sheet.png'}")
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from retinanet.inference.convert import convert_checkpoint
 
@@ -322,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--objects", default="shapes", choices=["shapes", "fashion-mnist", "mnist"])
     s.set_defaults(fn=_cmd_synth)
+    sh = dsub.add_parser(
+        "show",
+        help="draw augmented training images with their boxes (what the model sees)",
+        description="Draws --num training items through the training transforms (data.augment, resize, "
+        "flip) with their boxes and class names, as PNGs and one contact sheet. Item k is the k-th image "
+        "of a seeded order; with --seed equal to train.seed it is exactly what training draws for it.",
+    )
+    sh.add_argument("config", help="YAML file or preset name")
+    sh.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    sh.add_argument("--out", required=True, help="folder for augment_NNN_<image>.png and augment_sheet.png")
+    sh.add_argument("--num", type=int, default=8, help="number of images")
+    sh.add_argument("--seed", type=int, default=None, help="augmentation seed (default: train.seed)")
+    sh.set_defaults(fn=_cmd_data_show)
 
     cv = sub.add_parser("convert", help="convert another library's detector file into a checkpoint of ours")
     cvsub = cv.add_subparsers(dest="source", required=True)

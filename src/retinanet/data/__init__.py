@@ -7,14 +7,25 @@ Batches: :func:`collate` -> :class:`Batch` ``(images: list of [3, h, w], targets
 normalizes and pads. Bad data raises :class:`DataError` (a ``ValueError``) naming the file.
 
 Modules: ``image_io`` (load_image), ``dataset`` (the base class), ``coco``, ``voc``, ``transforms``,
-``collate``, ``sampler``, ``errors``; ``build`` (datasets and loaders from a config).
+``augment`` / ``mosaic`` / ``augment_build`` (``data.augment``), ``categories``, ``collate``, ``sampler``,
+``errors``; ``build`` (datasets and loaders from a config).
 """
 
+from retinanet.data.augment import (
+    LargeScaleJitter,
+    PhotometricDistortion,
+    RandomExpand,
+    RandomIoUCrop,
+    RandomRotate90,
+    RandomVerticalFlip,
+)
+from retinanet.data.augment_build import build_augmentations
 from retinanet.data.coco import CocoDetection
 from retinanet.data.collate import Batch, collate
 from retinanet.data.dataset import DetectionDataset, ImageInfo, sanitize_boxes
 from retinanet.data.errors import DataError
 from retinanet.data.image_io import get_max_image_pixels, load_image, set_max_image_pixels
+from retinanet.data.mosaic import Mosaic
 from retinanet.data.transforms import (
     Compose,
     RandomHorizontalFlip,
@@ -44,6 +55,14 @@ __all__ = [
     "to_tensor",
     "get_output_size",
     "build_transforms",
+    "PhotometricDistortion",
+    "RandomIoUCrop",
+    "RandomExpand",
+    "LargeScaleJitter",
+    "RandomVerticalFlip",
+    "RandomRotate90",
+    "Mosaic",
+    "build_augmentations",
     "Batch",
     "collate",
 ]

@@ -1,7 +1,8 @@
 """Build datasets and loaders from a :class:`~retinanet.config.Config`.
 
-``build_dataset(cfg, train)`` returns a COCO or VOC dataset with the training transforms (multi-scale
-resize of the shorter side, horizontal flip) or the test transforms (resize to ``test_min_size``).
+``build_dataset(cfg, train)`` returns a COCO or VOC dataset with the training transforms (the
+``data.augment`` ops, multi-scale resize of the shorter side, horizontal flip) or the test transforms
+(resize to ``test_min_size``).
 ``build_eval_loader`` splits a dataset across processes (rank ``r`` takes images ``r, r + W, ...``)
 and batches it with the same collate as training.
 """
@@ -17,6 +18,7 @@ from retinanet.config import Config, ConfigError
 from retinanet.data.coco import CocoDetection
 from retinanet.data.collate import collate
 from retinanet.data.dataset import DetectionDataset
+from retinanet.data.mosaic import bind_mosaic
 from retinanet.data.transforms import Compose, LabelsToCategoryIds, build_transforms
 from retinanet.data.voc import VOC_CLASSES, VOCDetection
 
@@ -45,6 +47,11 @@ def eval_transforms(cfg: Config) -> Compose:
     )
 
 
+def _mean_colour(pixel_mean: tuple[float, float, float]) -> tuple[int, int, int]:
+    r, g, b = (min(255, max(0, round(255 * v))) for v in pixel_mean)
+    return r, g, b
+
+
 def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
     """The training (``train=True``) or validation dataset of ``cfg.data``, with its transforms."""
     d = cfg.data
@@ -56,6 +63,8 @@ def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
             flip_prob=d.flip_prob,
             resize=d.resize,
             rounding=d.resize_rounding,
+            augment=d.augment,
+            fill=_mean_colour(cfg.model.pixel_mean),
         )
     else:
         tf = eval_transforms(cfg)
@@ -74,6 +83,8 @@ def build_dataset(cfg: Config, train: bool) -> DetectionDataset:
             transforms=tf,
             skip_bad_images=d.skip_bad_images,
         )
+    if train:
+        bind_mosaic(ds, tf)  # mosaic ops take their partner images from the dataset
     k = len(ds.class_names)
     if cfg.model.label_space == "coco_category_ids":  # output i is category id i: targets carry the ids
         bad = [c for c in ds.label_to_category_id if not 0 <= c < cfg.model.num_classes]

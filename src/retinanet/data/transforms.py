@@ -31,7 +31,7 @@ same whatever the number of workers and after resuming mid-epoch.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -272,11 +272,18 @@ def build_transforms(
     flip_prob: float = 0.5,
     resize: str = "pillow",
     rounding: str = "round",
+    augment: Sequence[Mapping[str, Any]] = (),
+    fill: tuple[int, int, int] = (124, 116, 104),
 ) -> Compose:
-    """Training: multi-scale resize + horizontal flip + ToTensor. Evaluation: one resize + ToTensor.
+    """Training: [augment ops] + multi-scale resize + horizontal flip + ToTensor. Evaluation: one resize +
+    ToTensor.
 
     ``resize="pillow"`` resizes the uint8 image (antialiased), ``"tensor"`` the float 0-1 image after
     ToTensor (no antialiasing, torchvision's); ``rounding`` as :func:`get_output_size`.
+    ``augment`` (training only): ``data.augment`` entries (:mod:`retinanet.data.augment`), run in order on
+    the uint8 image first, with either resize; ``lsj`` / ``mosaic`` default to the largest ``min_size``
+    and ``fill`` (RGB 0..255, the model's mean colour) is their canvas colour and ``expand``'s.
+    Order: pillow: ``augment..., resize, flip, ToTensor``; tensor: ``augment..., ToTensor, flip, resize``.
     """
     if resize not in ("pillow", "tensor"):
         raise ValueError(f"build_transforms: resize must be 'pillow' or 'tensor', got {resize!r}")
@@ -291,4 +298,9 @@ def build_transforms(
     )
     if train and flip_prob > 0:
         ts.insert(1, RandomHorizontalFlip(flip_prob))
+    if train and augment:
+        from retinanet.data.augment_build import build_augmentations  # it builds on this module's transforms
+
+        largest = min_size if isinstance(min_size, (int, np.integer)) else max(min_size)
+        ts = [*build_augmentations(augment, int(largest), fill), *ts]
     return Compose(ts)
