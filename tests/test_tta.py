@@ -1,0 +1,111 @@
+"""Test-time augmentation (retinanet.inference.tta): views mapped back exactly, NMS and WBF merges by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from retinanet.config import ConfigError, load_config
+from retinanet.inference.tta import TTADetector, weighted_box_fusion, with_tta
+
+
+class BrightBox(nn.Module):
+    """A stand-in detector: one box around the pixels above 0.5 (channel 0), in ``output_sizes`` pixels,
+    plus a fixed box at the top-left corner of the view (which mirrors to the other side when flipped)."""
+
+    def forward(self, images, output_sizes):
+        out = []
+        for im, (oh, ow) in zip(images, output_sizes):
+            h, w = im.shape[-2:]
+            ys, xs = (im[0] > 0.5).nonzero(as_tuple=True)
+            fy, fx = oh / h, ow / w
+            box = [float(xs.min()) * fx, float(ys.min()) * fy, float(xs.max() + 1) * fx, float(ys.max() + 1) * fy]
+            corner = [0.0, 0.0, 4.0 * fx, 4.0 * fy]
+            out.append(
+                {
+                    "boxes": torch.tensor([box, corner]),
+                    "scores": torch.tensor([0.9, 0.3]),
+                    "labels": torch.tensor([1, 2]),
+                }
+            )
+        return out
+
+
+def image() -> torch.Tensor:
+    im = torch.zeros(3, 40, 60)
+    im[:, 10:20, 5:25] = 1.0
+    return im
+
+
+def test_hflip_views_map_back_and_nms_merges():
+    tta = TTADetector(BrightBox(), flip=True, merge="nms", iou_threshold=0.5, detections_per_image=10)
+    (det,) = tta([image()], output_sizes=[(40, 60)])
+    # the bright box is found in both views at the same place: one box; the corner box is at x 0..4 in
+    # the plain view and, mirrored back, at x 56..60: two boxes
+    assert det["boxes"].tolist() == [[5.0, 10.0, 25.0, 20.0], [0.0, 0.0, 4.0, 4.0], [56.0, 0.0, 60.0, 4.0]]
+    assert det["scores"].tolist() == pytest.approx([0.9, 0.3, 0.3])
+    assert det["labels"].tolist() == [1, 2, 2]
+
+
+def test_extra_sizes_map_back_to_the_output_pixels():
+    tta = TTADetector(BrightBox(), flip=False, sizes=(80,), base_size=40, merge="wbf", iou_threshold=0.5)
+    (det,) = tta([image()], output_sizes=[(80, 120)])  # the original image was twice as large
+    assert tta.num_views == 2
+    # both views find the bright box at (10, 20, 50, 40) in output pixels, give or take the bilinear
+    # upscaling's half-pixel edge in the 2x view (0.5 output pixels)
+    assert torch.allclose(det["boxes"][0], torch.tensor([10.0, 20.0, 50.0, 40.0]), atol=0.5)
+    assert det["scores"][0].item() == pytest.approx(0.9)  # seen by 2 of 2 views: not down-weighted
+
+
+def test_weighted_box_fusion_by_hand():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]], dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.6, 0.8, 0.5])
+    labels = torch.tensor([0, 0, 0, 1])
+    b, s, lab = weighted_box_fusion(boxes, scores, labels, iou_threshold=0.55, num_views=2)
+    # IoU of the first two is 81 / 119 = 0.68: one cluster, box (0.9 * A + 0.6 * B) / 1.5, score
+    # mean(0.9, 0.6) * 2 / 2; the others are alone: score * 1 / 2; another class never merges
+    assert torch.allclose(b, torch.tensor([[0.4, 0.4, 10.4, 10.4], [50, 50, 60, 60], [0, 0, 10, 10]]))
+    assert s.tolist() == pytest.approx([0.75, 0.4, 0.25])
+    assert lab.tolist() == [0, 0, 1]
+
+
+def test_nms_of_plain_views_is_not_wbf():
+    """The broken variant: averaging is what WBF adds; NMS keeps the best box as it is."""
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11]], dtype=torch.float32)
+    dets = [
+        {"boxes": boxes[:1], "scores": torch.tensor([0.9]), "labels": torch.tensor([0])},
+        {"boxes": boxes[1:], "scores": torch.tensor([0.6]), "labels": torch.tensor([0])},
+    ]
+    nms = TTADetector(nn.Identity(), flip=True, merge="nms", iou_threshold=0.55)._merge(dets)
+    wbf = TTADetector(nn.Identity(), flip=True, merge="wbf", iou_threshold=0.55)._merge(dets)
+    assert nms["boxes"].tolist() == [[0, 0, 10, 10]]
+    assert torch.allclose(wbf["boxes"], torch.tensor([[0.4, 0.4, 10.4, 10.4]]))
+
+
+def test_config_turns_it_on_and_checks_it():
+    model = nn.Identity()
+    assert with_tta(model, load_config("mobilenet_v2_cpu")) is model
+    cfg = load_config("mobilenet_v2_cpu", ["test.tta=[hflip, 640]", "test.tta_merge=wbf"])
+    tta = with_tta(model, cfg)
+    assert isinstance(tta, TTADetector) and tta.num_views == 4 and tta.scales == [1.0, 640 / 512]
+    with pytest.raises(ConfigError, match="test.tta"):
+        load_config("mobilenet_v2_cpu", ["test.tta=[vflop]"])
+    with pytest.raises(ConfigError, match="test.tta_merge"):
+        load_config("mobilenet_v2_cpu", ["test.tta_merge=mean"])
+
+
+def test_predictor_runs_with_tta(tmp_path):
+    from model_factory import make_checkpoint
+
+    from retinanet import Predictor
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pth")
+    img = (torch.rand(80, 100, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    plain = Predictor(ckpt, device="cpu").predict(img)
+    tta = Predictor(ckpt, device="cpu", overrides=["test.tta=[hflip, 128]"])
+    assert isinstance(tta.inference_model, TTADetector)
+    det = tta.predict(img)
+    assert 0 < len(det["scores"]) <= 20 and det["boxes"].shape[1] == 4
+    assert (det["boxes"][:, 2] <= 100).all() and (det["boxes"][:, 3] <= 80).all()
+    assert det["scores"].max() >= plain["scores"].max() - 1e-6  # the plain view is one of the views
