@@ -57,6 +57,7 @@ from torch import nn
 from retinanet.config import Config, ConfigError, config_to_dict
 from retinanet.data.build import build_dataset
 from retinanet.data.sampler import TrainBatchSampler
+from retinanet.inference.anchor_analysis import warn_if_poor_anchor_coverage
 from retinanet.modeling.build import build_model
 from retinanet.modeling.state_dict import load_model_state
 from retinanet.training.best import BEST_CHECKPOINT, BestMetric, best_checkpoint_state, report_best
@@ -149,6 +150,7 @@ class Trainer:
         self.train_set = build_dataset(cfg, train=True)
         if len(self.train_set) == 0:
             raise ValueError("the training dataset has no images")
+        warn_if_poor_anchor_coverage(self.train_set, cfg)  # logs on rank 0 when few boxes reach model.fg_iou_threshold
         self.val_set = build_dataset(cfg, train=False) if self._has_val() else None
         metric = cfg.train.best_metric
         if self.val_set is not None and metric.startswith("AP/") and metric[3:] not in self.val_set.class_names:
