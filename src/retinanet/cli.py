@@ -1,4 +1,4 @@
-"""Command line: ``retinanet train | eval | predict | export | demo | data synth | data show | presets``.
+"""Command line: ``retinanet train | eval | predict | export | demo | data synth | data show | analyze | presets``.
 
     retinanet train CONFIG [section.key=value ...] [--resume]
     retinanet eval CONFIG --weights CKPT [section.key=value ...]
@@ -7,6 +7,7 @@
     retinanet demo [--out DIR] [--quick]
     retinanet data synth --out DIR [--train N --val N --size H W --seed S]
     retinanet data show CONFIG [section.key=value ...] --out DIR [--num 8] [--seed S]
+    retinanet analyze anchors CONFIG [section.key=value ...] [--split train|val] [--json FILE]
 
 CONFIG is a YAML file or the name of a packaged preset (``retinanet presets`` lists them). Under
 ``torchrun --nproc_per_node N -m retinanet train ...`` training and evaluation run distributed.
@@ -266,6 +267,48 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze_anchors(args: argparse.Namespace) -> int:
+    from retinanet.config import load_config
+    from retinanet.inference.anchor_analysis import analyze_anchors, format_report
+    from retinanet.utils.io import atomic_write_json
+
+    cfg = load_config(args.config, args.overrides)
+    report = analyze_anchors(cfg, split=args.split, max_boxes=args.max_boxes, suggest=not args.no_suggest)
+    print(format_report(report, max_listed=args.max_listed))
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"all figures: {args.json}")
+    return 0
+
+
+def _cmd_analyze_loss_cdf(args: argparse.Namespace) -> int:
+    from retinanet.inference.loss_cdf import run_loss_cdf
+
+    result = run_loss_cdf(
+        args.config,
+        args.weights,
+        overrides=args.overrides,
+        num_images=args.num_images or None,
+        gammas=tuple(args.gammas),
+        out_png=args.out,
+        json_path=args.json,
+        split=args.split,
+        device=args.device,
+    )
+    print(
+        f"{result.num_positives} positive and {result.num_negatives} negative anchor-class losses "
+        f"on {args.split} images"
+    )
+    for i, g in enumerate(result.gammas):
+        top10, top1 = float(result.hardest_negative[0.1][i]), float(result.hardest_negative[0.01][i])
+        print(
+            f"  gamma {g:g}: the hardest 10% of negatives carry {top10:.1%} of the negative loss, "
+            f"the hardest 1% carry {top1:.1%}"
+        )
+    print(f"curves: {args.out}" + (f", {args.json}" if args.json else ""))
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from retinanet.inference.convert import convert_checkpoint
 
@@ -382,6 +425,42 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--num", type=int, default=8, help="number of images")
     sh.add_argument("--seed", type=int, default=None, help="augmentation seed (default: train.seed)")
     sh.set_defaults(fn=_cmd_data_show)
+
+    # `retinanet analyze ...`: one subparser per analysis in the `analyze` group
+    an = sub.add_parser("analyze", help="analyses of a dataset or model under a config")
+    asub = an.add_subparsers(dest="analyze_command", required=True)
+    aa = asub.add_parser(
+        "anchors",
+        help="how well the anchors cover the ground-truth boxes, and a better anchor setting",
+        description="For the training boxes at the training input size: the share whose best anchor IoU reaches "
+        "model.fg_iou_threshold and model.bg_iou_threshold (overall, by size, aspect ratio, min_size), the "
+        "boxes no anchor matches (file, annotation id), positive anchors per box, and a suggested "
+        "model.anchors setting with its coverage. Reads annotations only (no image is decoded).",
+    )
+    aa.add_argument("config", help="YAML file or preset name")
+    aa.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    aa.add_argument("--split", choices=["train", "val"], default="train", help="val: at data.test_min_size")
+    aa.add_argument("--json", help="write every figure (and every unmatched box) to this JSON file")
+    aa.add_argument("--max-listed", type=int, default=20, help="unmatched boxes to print")
+    aa.add_argument(
+        "--max-boxes", type=int, default=250_000, help="analyze a seeded sample of this many box x min_size (0: all)"
+    )
+    aa.add_argument("--no-suggest", action="store_true", help="skip the search for a better anchor setting")
+    aa.set_defaults(fn=_cmd_analyze_anchors)
+    lc = asub.add_parser(
+        "loss-cdf",
+        help="cumulative focal loss over positive and negative anchors of a trained model (Figure 4)",
+    )
+    lc.add_argument("config", help="YAML file or preset (e.g. the run's config.yaml)")
+    lc.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    lc.add_argument("--weights", required=True)
+    lc.add_argument("--out", default="loss_cdf.png", help="the figure (PNG)")
+    lc.add_argument("--json", help="also write the curves and headline figures to this JSON file")
+    lc.add_argument("--gammas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    lc.add_argument("--num-images", type=int, default=500, help="images to run (0: all)")
+    lc.add_argument("--split", choices=["train", "val"], default="val")
+    lc.add_argument("--device", default="auto")
+    lc.set_defaults(fn=_cmd_analyze_loss_cdf)
 
     cv = sub.add_parser("convert", help="convert another library's detector file into a checkpoint of ours")
     cvsub = cv.add_subparsers(dest="source", required=True)

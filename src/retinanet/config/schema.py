@@ -83,9 +83,14 @@ class ModelConfig:
     bg_iou_threshold: float = 0.4
     allow_low_quality_matches: bool = True
     # losses
-    cls_loss: str = "focal"  # focal | ce (alpha-balanced when focal_alpha >= 0)
+    cls_loss: str = "focal"  # focal | ce (alpha-balanced when focal_alpha >= 0) | ohem (Table 1d baseline)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # cls_loss=ohem: anchors kept per image, NMS IoU over their predicted boxes (None: no NMS), largest
+    # foreground share of the kept anchors (0.25 = the paper's "1:3"; None: no ratio)
+    ohem_batch: int = 128
+    ohem_nms: Optional[float] = 0.5
+    ohem_pos_fraction: Optional[float] = None
     box_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou
     smooth_l1_beta: float = 0.1
     box_loss_weight: float = 1.0

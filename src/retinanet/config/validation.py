@@ -114,7 +114,22 @@ def validate(cfg: Config) -> None:
         "need 0 <= bg_iou_threshold <= fg_iou_threshold <= 1",
         (m.bg_iou_threshold, m.fg_iou_threshold),
     )
-    _check(m.cls_loss in ("focal", "ce"), "model.cls_loss", "must be focal or ce", m.cls_loss)
+    _check(m.cls_loss in ("focal", "ce", "ohem"), "model.cls_loss", "must be focal, ce or ohem", m.cls_loss)
+    _check(m.ohem_batch >= 1, "model.ohem_batch", "must be >= 1", m.ohem_batch)
+    _check(m.ohem_nms is None or 0 < m.ohem_nms <= 1, "model.ohem_nms", "must be in (0, 1] or null", m.ohem_nms)
+    _check(
+        m.ohem_pos_fraction is None or 1 <= m.ohem_pos_fraction * m.ohem_batch and m.ohem_pos_fraction < 1,
+        "model.ohem_pos_fraction",
+        "must be null or in [1 / model.ohem_batch, 1)",
+        m.ohem_pos_fraction,
+    )
+    if m.cls_loss == "ohem":
+        _check(
+            m.loss_normalizer == "batch",
+            "model.loss_normalizer",
+            "must be batch with cls_loss=ohem (its loss is the mean over the selected anchors)",
+            m.loss_normalizer,
+        )
     _check(m.focal_gamma >= 0, "model.focal_gamma", "must be >= 0", m.focal_gamma)
     _check(m.focal_alpha < 1, "model.focal_alpha", "must be < 1 (negative disables alpha)", m.focal_alpha)
     _check(m.box_loss in ("smooth_l1", "l1", "giou"), "model.box_loss", "must be smooth_l1, l1 or giou", m.box_loss)

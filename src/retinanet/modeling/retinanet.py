@@ -15,9 +15,10 @@ touching the disk (:func:`retinanet.modeling.build.build_model` also loads weigh
   when ``images`` were resized; default: the sizes of ``images``.
 
 Training returns ``{"loss_cls", "loss_box", "num_fg"}``: the focal loss *summed* over every non-ignored
-anchor, the box loss (times ``box_loss_weight``) summed over foreground anchors, and the foreground
-count. The caller divides both by its normalizer (the trainer: the foreground count of the global batch,
-see :mod:`retinanet.training.normalizer`). Eval returns ``B`` dicts ``{"boxes" [d, 4], "scores" [d],
+anchor (``cls_loss="ohem"``: the mean cross-entropy of the OHEM minibatch times ``num_fg``), the box
+loss (times ``box_loss_weight``) summed over foreground anchors, and the foreground count. The caller
+divides both by its normalizer (the trainer: the foreground count of the global batch, see
+:mod:`retinanet.training.normalizer`). Eval returns ``B`` dicts ``{"boxes" [d, 4], "scores" [d],
 "labels" [d]}`` (:class:`~retinanet.modeling.postprocess.PostProcessor`).
 
 Anchors, head outputs and targets share one flat anchor order (levels P3..P7, positions row-major,
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from retinanet.config import Config
 from retinanet.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
+from retinanet.losses.ohem import ohem_cross_entropy
 from retinanet.modeling.backbone import build_backbone
 from retinanet.modeling.fpn import FPN, BackboneWithFPN
 from retinanet.modeling.head import RetinaNetHead
@@ -44,7 +46,7 @@ from retinanet.ops.matcher import Matcher
 
 __all__ = ["RetinaNet", "Detections"]
 
-CLS_LOSSES = ("focal", "ce")
+CLS_LOSSES = ("focal", "ce", "ohem")
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
 Images = Union[Tensor, Sequence[Tensor]]
 
@@ -74,6 +76,9 @@ class RetinaNet(nn.Module):
         smooth_l1_beta: float = 0.1,
         box_loss_weight: float = 1.0,
         channels_last: bool = False,
+        ohem_batch: int = 128,
+        ohem_nms: Optional[float] = 0.5,
+        ohem_pos_fraction: Optional[float] = None,
     ) -> None:
         super().__init__()
         if cls_loss not in CLS_LOSSES or box_loss not in BOX_LOSSES:
@@ -94,6 +99,7 @@ class RetinaNet(nn.Module):
         self.cls_loss, self.focal_alpha, self.focal_gamma = cls_loss, float(focal_alpha), float(focal_gamma)
         self.box_loss, self.smooth_l1_beta = box_loss, float(smooth_l1_beta)
         self.box_loss_weight = float(box_loss_weight)
+        self.ohem_batch, self.ohem_nms, self.ohem_pos_fraction = int(ohem_batch), ohem_nms, ohem_pos_fraction
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
@@ -144,6 +150,9 @@ class RetinaNet(nn.Module):
             smooth_l1_beta=m.smooth_l1_beta,
             box_loss_weight=m.box_loss_weight,
             channels_last=m.channels_last,
+            ohem_batch=m.ohem_batch,
+            ohem_nms=m.ohem_nms,
+            ohem_pos_fraction=m.ohem_pos_fraction,
         )
 
     def fuse_for_inference(self, inplace: bool = False) -> "RetinaNet":
@@ -241,8 +250,11 @@ class RetinaNet(nn.Module):
         """Summed classification and box losses and the foreground count (see the module docstring)."""
         cls_targets, matched_boxes = self.match(anchors, targets)
         fg = cls_targets >= 0
-        gamma = self.focal_gamma if self.cls_loss == "focal" else 0.0
-        loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, alpha=self.focal_alpha, gamma=gamma, reduction="sum")
+        if self.cls_loss == "ohem":
+            loss_cls = self._ohem_loss(cls_logits, box_deltas, anchors, cls_targets, fg)
+        else:
+            gamma = self.focal_gamma if self.cls_loss == "focal" else 0.0
+            loss_cls = sigmoid_focal_loss(cls_logits, cls_targets, alpha=self.focal_alpha, gamma=gamma, reduction="sum")
         b_idx, a_idx = fg.nonzero(as_tuple=True)
         pred = box_deltas[b_idx, a_idx].float()
         fg_anchors = anchors[a_idx]
@@ -255,3 +267,16 @@ class RetinaNet(nn.Module):
             else:
                 loss_box = l1_loss(pred, target_deltas, reduction="sum")
         return {"loss_cls": loss_cls, "loss_box": self.box_loss_weight * loss_box, "num_fg": fg.sum().to(torch.float32)}
+
+    def _ohem_loss(
+        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, cls_targets: Tensor, fg: Tensor
+    ) -> Tensor:
+        """OHEM cross-entropy (:mod:`retinanet.losses.ohem`), returned as ``mean * num_fg`` so that the
+        trainer's division by the foreground count gives the mean over the selected anchors (exact with
+        ``model.loss_normalizer=batch`` on one process)."""
+        with torch.no_grad():
+            boxes = self.box_coder.decode(box_deltas.detach().float(), anchors)
+        loss, num_selected = ohem_cross_entropy(
+            cls_logits, cls_targets, boxes, self.ohem_batch, self.ohem_nms, self.ohem_pos_fraction
+        )
+        return loss * (fg.sum().clamp(min=1).to(torch.float32) / num_selected.clamp(min=1.0))

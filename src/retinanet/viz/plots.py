@@ -5,6 +5,8 @@
   each as an array [n, 2] of (iteration, value) sorted by iteration, non-finite values dropped.
 - `plot_training_curves(metrics.jsonl, out_png)`: a PNG of W x H pixels with a loss panel (raw values
   faded, a moving average on top), a learning-rate panel and, when the log has AP rows, an AP panel.
+- `plot_loss_cdf(fractions [P], gammas [G], positive [G, P], negative [G, P], out_png)`: the focal
+  paper's Figure 4, cumulative normalized loss of positive and negative examples, a line per gamma.
 
 matplotlib is imported inside `plot_training_curves` (Agg canvas, no display, no pyplot state), so
 importing this module stays cheap.
@@ -16,14 +18,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from retinanet.utils.io import atomic_write
 from retinanet.viz.draw import VizError
 
-__all__ = ["TrainingCurves", "plot_training_curves", "read_training_curves"]
+__all__ = ["TrainingCurves", "plot_loss_cdf", "plot_training_curves", "read_training_curves"]
 
 _AP_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 _DPI = 100
@@ -167,5 +169,37 @@ def plot_training_curves(
     for ax, (title, series, kw) in zip(axes, panels):
         _panel(ax, series, title, **kw)
     axes[-1].set_xlabel("iteration")
+    out = Path(out_png)
+    return atomic_write(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower() or "png"))
+
+
+def plot_loss_cdf(
+    fractions: np.ndarray,
+    gammas: Sequence[float],
+    positive: np.ndarray,
+    negative: np.ndarray,
+    out_png: str | os.PathLike[str],
+    size: tuple[int, int] = (1000, 420),
+) -> Path:
+    """Write the cumulative normalized loss curves (``positive`` / ``negative`` ``[G, P]`` on ``fractions``
+    ``[P]``, a row per gamma) as two panels side by side to `out_png` (atomically) and return its path."""
+    fr = np.asarray(fractions, np.float64)
+    rows = {"positive": np.asarray(positive, np.float64), "negative": np.asarray(negative, np.float64)}
+    for name, arr in rows.items():
+        if arr.shape != (len(gammas), fr.size):
+            raise VizError(f"{name} curves: shape {arr.shape}, expected ({len(gammas)}, {fr.size})")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / _DPI, size[1] / _DPI), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, squeeze=True)
+    for ax, (name, arr) in zip(axes, rows.items()):
+        series = {f"γ = {g:g}": np.stack([fr, row], 1)[np.isfinite(row)] for g, row in zip(gammas, arr)}
+        _panel(ax, series, f"{name} examples")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(f"fraction of {'foreground' if name == 'positive' else 'background'} examples")
+        ax.set_ylabel("cumulative normalized loss")
     out = Path(out_png)
     return atomic_write(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower() or "png"))
