@@ -105,7 +105,28 @@ def test_predictor_runs_with_tta(tmp_path):
     plain = Predictor(ckpt, device="cpu").predict(img)
     tta = Predictor(ckpt, device="cpu", overrides=["test.tta=[hflip, 128]"])
     assert isinstance(tta.inference_model, TTADetector)
+    assert not tta.inference_model.training  # eval loops restore this mode: a fused model cannot train
     det = tta.predict(img)
     assert 0 < len(det["scores"]) <= 20 and det["boxes"].shape[1] == 4
     assert (det["boxes"][:, 2] <= 100).all() and (det["boxes"][:, 3] <= 80).all()
     assert det["scores"].max() >= plain["scores"].max() - 1e-6  # the plain view is one of the views
+
+
+def test_cli_eval_with_tta(tmp_path, capsys):
+    """retinanet eval with test.tta: the evaluation loop puts the model back in its mode at the end,
+    which must not try to train the BN-folded model."""
+    from data_factory import make_coco
+    from model_factory import make_checkpoint
+
+    from retinanet.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pth")
+    images, ann = make_coco(tmp_path / "coco")
+    from retinanet.config import config_from_dict, save_config
+    from retinanet.utils.serialization import load_file
+
+    save_config(config_from_dict(load_file(ckpt)["config"]), tmp_path / "cfg.yaml")
+    argv = ["eval", str(tmp_path / "cfg.yaml"), f"data.val_images={images}", f"data.val_annotations={ann}"]
+    argv += ["test.tta=[hflip, 128]", "--weights", str(ckpt), "--out", str(tmp_path / "ev"), "--no-progress"]
+    assert main(argv) == 0
+    assert (tmp_path / "ev" / "metrics.json").exists()

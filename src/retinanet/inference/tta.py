@@ -139,7 +139,7 @@ def with_tta(model: nn.Module, cfg: Config) -> nn.Module:
     t = cfg.test
     if not t.tta:
         return model
-    return TTADetector(
+    tta = TTADetector(
         model,
         flip="hflip" in t.tta,
         sizes=[int(v) for v in t.tta if v != "hflip"],
@@ -148,3 +148,4 @@ def with_tta(model: nn.Module, cfg: Config) -> nn.Module:
         iou_threshold=t.tta_iou,
         detections_per_image=cfg.model.detections_per_image,
     )
+    return tta.train(model.training)  # a fused (eval-only) model must never be switched to training
