@@ -1,6 +1,7 @@
 """The command line's tool commands: ``retinanet data synth | data show``, ``analyze anchors | loss-cdf``,
-``convert torchvision`` and ``presets`` (:func:`add_tool_commands` registers them on the main parser of
-:mod:`retinanet.cli`, which keeps train / eval / predict / export / demo)."""
+``convert torchvision``, ``presets`` and ``ablate`` (:mod:`retinanet.apps.ablate_cli`)
+(:func:`add_tool_commands` registers them on the main parser of :mod:`retinanet.cli`, which keeps
+train / eval / predict / export / demo)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from retinanet.apps.ablate_cli import add_ablate_command
 
 __all__ = ["add_tool_commands"]
 
@@ -127,7 +130,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def add_tool_commands(sub: Any) -> None:
-    """Add the ``data``, ``analyze``, ``convert`` and ``presets`` commands to the subparsers ``sub``."""
+    """Add the ``data``, ``analyze``, ``convert``, ``presets`` and ``ablate`` commands to the subparsers ``sub``."""
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write the synthetic scenes dataset in COCO format")
@@ -198,3 +201,5 @@ def add_tool_commands(sub: Any) -> None:
 
     ps = sub.add_parser("presets", help="list the packaged config presets")
     ps.set_defaults(fn=cmd_presets)
+
+    add_ablate_command(sub)
