@@ -130,3 +130,42 @@ def test_cli_eval_with_tta(tmp_path, capsys):
     argv += ["test.tta=[hflip, 128]", "--weights", str(ckpt), "--out", str(tmp_path / "ev"), "--no-progress"]
     assert main(argv) == 0
     assert (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_evaluation_during_training_uses_the_configured_tta(tmp_path):
+    """The trainer's evaluations measure what `retinanet eval` measures: with test.tta set, the detections
+    it writes are those of the TTA wrapper (not of the plain model)."""
+    import json
+
+    from data_factory import make_coco
+    from model_factory import make_checkpoint
+
+    from retinanet.cli import main
+    from retinanet.config import apply_overrides, config_from_dict, config_to_dict, save_config
+    from retinanet.data.build import build_dataset
+    from retinanet.inference.predictor import load_detector
+    from retinanet.training.best import BestMetric
+    from retinanet.training.evaluation import evaluate_during_training
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pth")
+    images, ann = make_coco(tmp_path / "coco")
+    data = [f"data.val_images={images}", f"data.val_annotations={ann}"]
+    det = load_detector(ckpt, device="cpu")
+    found = {}
+    for name, tta in (("plain", []), ("tta", ["test.tta=[hflip, 128]"])):
+        cfg = config_from_dict(apply_overrides(config_to_dict(det.cfg), data + tta))
+        val = build_dataset(cfg, train=False)
+        out = tmp_path / name
+        out.mkdir()
+        metrics, _ = evaluate_during_training(
+            det.model, val, cfg, torch.device("cpu"), out, 7, 0, 1, False, None, BestMetric("AP")
+        )
+        assert "AP" in metrics
+        found[name] = json.loads((out / "detections_0000007.json").read_text())
+    save_config(det.cfg, tmp_path / "cfg.yaml")
+    argv = ["eval", str(tmp_path / "cfg.yaml"), *data, "test.tta=[hflip, 128]", "--weights", str(ckpt)]
+    assert main([*argv, "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
+    by_cli = json.loads((tmp_path / "ev" / "detections.json").read_text())
+    key = lambda d: (d["image_id"], d["category_id"], round(d["score"], 4))  # noqa: E731
+    assert found["plain"] and sorted(map(key, found["tta"])) == sorted(map(key, by_cli))
+    assert sorted(map(key, found["plain"])) != sorted(map(key, found["tta"]))

@@ -62,6 +62,8 @@ class DemoPlan:
     time_budget_s: float | None = None
     #: evaluation / prediction size (None: ``size``); larger than ``size`` helps the small objects
     test_size: int | None = None
+    #: test-time augmentation of the evaluation and the gallery (``test.tta``, merged by weighted box fusion)
+    tta: tuple[str | int, ...] = ()
 
     def data_dir_name(self) -> str:
         """Folder name of the generated dataset; differs whenever the scenes differ."""
@@ -81,6 +83,7 @@ FULL = DemoPlan(
     freeze_at=3,
     time_budget_s=600.0,
     test_size=320,
+    tta=("hflip", 384),
 )
 QUICK = DemoPlan(
     num_train=160, num_val=40, size=256, max_iter=300, batch=2, warmup=50, base_lr=0.01, freeze_at=3, test_size=320
@@ -136,6 +139,8 @@ def demo_config(
         warmup_fraction=1.0,  # the plan's warmup iterations, however many steps the budget fits
         clip_grad_norm=10.0,
     )
+    if p.tta:
+        d["test"].update(tta=list(p.tta), tta_merge="wbf")
     d["train"].update(output_dir=str(out_dir), checkpoint_period=200, log_period=10, eval_period=0, seed=0)
     d = apply_overrides(d, list(overrides or []))
     return config_from_dict(d)
@@ -171,7 +176,8 @@ def run_demo(
     t_data = time.perf_counter() - t0
     budget = None
     if p.time_budget_s is not None and not any(o.strip().startswith("solver.max_iter=") for o in overrides or []):
-        budget = TimeBudget(t0, p.time_budget_s, reserve_s=_RESERVE_S)
+        # evaluating 5 views per image (TTA) takes about as long again as the plain evaluation
+        budget = TimeBudget(t0, p.time_budget_s, reserve_s=_RESERVE_S * (2 if p.tta else 1))
     result = Trainer(cfg, resume=False, progress=progress, hooks=[budget] if budget else []).train()
     t_train = time.perf_counter() - t0 - t_data
     gallery = out / "detections.png"

@@ -2,7 +2,9 @@
 
 ``evaluate_during_training(model, val_set, cfg, device, out, iteration, rank, world, progress, log_to,
 best)`` evaluates ``model`` (the trained weights, or the EMA copy; an inference-only BN-folded copy is
-made) on ``val_set`` (sharded over ``world`` processes) and writes the detections to
+made, wrapped in the test-time augmentation of ``cfg.test.tta`` when it has one, as ``retinanet eval``
+does, so every evaluation of a run is measured the same way) on ``val_set`` (sharded over ``world``
+processes) and writes the detections to
 ``<out>/detections_<iteration>.json``. On rank 0 it updates ``best``
 (:class:`~retinanet.training.best.BestMetric`), writes one log line and the row
 ``{"iter", "bbox/<metric>": value, ..., "best/<best metric>": value, "best/iter": iteration}`` to
@@ -22,6 +24,7 @@ from torch import nn
 from retinanet.config import Config
 from retinanet.data.build import build_eval_loader
 from retinanet.inference.loop import evaluate
+from retinanet.inference.tta import with_tta
 from retinanet.training.best import BestMetric
 from retinanet.training.metrics import MetricsLog
 from retinanet.utils import distributed
@@ -48,7 +51,7 @@ def evaluate_during_training(
     loader = build_eval_loader(val_set, cfg, rank=rank, world_size=world)
     m = cfg.model
     metrics = evaluate(
-        model.fuse_for_inference(),  # type: ignore[operator]
+        with_tta(model.fuse_for_inference(), cfg),  # type: ignore[operator]
         loader,
         val_set,
         device,
