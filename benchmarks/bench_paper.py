@@ -12,6 +12,9 @@ plan's grid, paper figures and axes are the packaged plan's (``table1a_alpha``, 
     python benchmarks/bench_paper.py --work /tmp/bench_paper                      # a, b, d; 3 seeds
     python benchmarks/bench_paper.py --work /tmp/bench_paper --plans a --seeds 1  # one plan, one seed
     python benchmarks/bench_paper.py --quick --threads 1                           # a smoke run (~5 min)
+    python benchmarks/bench_paper.py --size 128 --iterations 500 --threads 1 --grid reduced --plans b p
+        # BENCHMARKS.md's reproduction (with a second process for --plans a d): the grid points that
+        # decide the paper's orderings (REDUCED) and plan p (init_prior: CE with and without the prior)
 
 300 iterations of batch 4 per run (``--iterations``) are sized for about 40-60 s per cell on 2 idle
 cores: 24 cells x 3 seeds, about an hour. With other jobs on the cores use ``--threads 1`` (2 threads
@@ -34,7 +37,19 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_info  # noqa: E402
 
-PLANS = {"a": "table1a_alpha", "b": "table1b_gamma", "d": "table1d_ohem"}
+PLANS = {"a": "table1a_alpha", "b": "table1b_gamma", "d": "table1d_ohem", "p": "init_prior"}
+#: ``--grid reduced``: the grid points that decide the paper's orderings, for a budget of about 40 runs
+REDUCED = {
+    "a": ["model.focal_alpha=[0.25, 0.75, 0.999]"],
+    "b": ["model.focal_gamma=[0, 0.5, 1, 2, 5]", "model.focal_alpha=[0.75, 0.5, 0.25, 0.25, 0.25]"],
+    "d": [
+        "model.cls_loss=[ohem, ohem, focal]",
+        "model.ohem_batch=[128, 128, 128]",
+        "model.ohem_nms=[0.7, 0.5, 0.5]",
+        "model.ohem_pos_fraction=[null, 0.25, null]",
+    ],
+    "p": [],
+}
 
 
 def build_data(work: Path, size: int, num_train: int, num_val: int) -> dict[str, str]:
@@ -87,12 +102,13 @@ def base_config(data: dict[str, str], threads: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/bench_paper", help="data and runs (kept: a second call continues)")
-    ap.add_argument("--plans", nargs="+", choices=sorted(PLANS), default=sorted(PLANS))
+    ap.add_argument("--plans", nargs="+", choices=sorted(PLANS), default=["a", "b", "d"])
     ap.add_argument("--seeds", type=int, default=3, help="seeds per cell")
     ap.add_argument("--iterations", type=int, default=None, help="iterations per run (default 300; quick: 6)")
     ap.add_argument("--size", type=int, default=192, help="scene size in px (train and test)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when other jobs share the cores)")
     ap.add_argument("--quick", action="store_true", help="a few images and iterations: a smoke run")
+    ap.add_argument("--grid", choices=("full", "reduced"), default="full", help="the plans' grids or REDUCED")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("retinanet.ablate").setLevel(logging.INFO)
@@ -108,7 +124,9 @@ def main() -> None:
     sizes = [f"data.min_size=[{s}]", f"data.max_size={s}", f"data.test_min_size={s}"]
     t0 = time.perf_counter()
     for key in args.plans:
-        plan = load_plan(PLANS[key], overrides=sizes, iterations=iterations, seeds=list(range(args.seeds)), base=base)
+        axes = REDUCED[key] if args.grid == "reduced" else []
+        seeds = list(range(args.seeds))
+        plan = load_plan(PLANS[key], overrides=sizes, axes=axes, iterations=iterations, seeds=seeds, base=base)
         t = time.perf_counter()
         run = run_plan(plan, work / PLANS[key])
         n = run.trained

@@ -160,8 +160,14 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
+_GREEK = {"α": "alpha", "γ": "gamma", "π": "pi"}
+
+
 def _slug(labels: Sequence[str], values: dict[str, Any]) -> str:
-    text = re.sub(r"[^A-Za-z0-9._=+-]+", "_", "__".join(labels)).strip("_")[:60] or "cell"
+    text = "__".join(labels)
+    for greek, latin in _GREEK.items():  # the paper's symbols in labels stay readable in folder names
+        text = text.replace(greek, latin)
+    text = re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")[:60] or "cell"
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{text}-{digest}"
 
