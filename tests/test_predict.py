@@ -242,3 +242,19 @@ def test_list_file_with_a_missing_image_names_the_line(tmp_path):
     listing.write_text(f"{good}\nmissing.png\n")
     with pytest.raises(FileNotFoundError, match=r"batch.txt:2: image not found: missing.png"):
         find_images([listing])
+
+
+def test_cli_onnxruntime_backend_errors_are_one_line(ckpt, tmp_path, capsys):
+    """--backend onnxruntime on a checkpoint, and --config with an ONNX file: a clear error, no traceback.
+    (Predictions from an exported ONNX file: tests/test_export.py.)"""
+    img = write_image(tmp_path / "a.png")
+    code, _, err = _run(capsys, "predict", "--weights", str(ckpt), str(img), "--backend", "onnxruntime")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"retinanet predict: error: {ckpt}: ONNX Runtime cannot load it")
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"not onnx")
+    code, _, err = _run(capsys, "predict", "--weights", str(onnx_path), str(img), "--config", "retinanet_R50_FPN_1x")
+    assert code == 2 and "takes no config" in err
+    code, _, err = _run(capsys, "predict", "--weights", str(onnx_path), str(img), "--out", str(tmp_path / "o"))
+    assert code == 2 and err.startswith(f"retinanet predict: error: {onnx_path}: ONNX Runtime cannot load it")
+    assert not (tmp_path / "o" / "predictions.json").exists()

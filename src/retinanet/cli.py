@@ -3,8 +3,8 @@
 
     retinanet train CONFIG [section.key=value ...] [--resume]
     retinanet eval CONFIG --weights CKPT [section.key=value ...]
-    retinanet predict --weights CKPT INPUT [INPUT ...] [--out DIR] [--score-thresh 0.3]
-    retinanet export --weights CKPT --out model.pt [--format torchscript|pt2|onnx]
+    retinanet predict --weights CKPT|MODEL.onnx INPUT [INPUT ...] [--out DIR] [--score-thresh 0.3]
+    retinanet export --weights CKPT --out FILE [--format torchscript|pt2|onnx] [--input-dtype uint8|float32]
     retinanet demo [--out DIR] [--quick]
     retinanet data synth --out DIR [--train N --val N --size H W --seed S]
     retinanet data show CONFIG [section.key=value ...] --out DIR [--num 8] [--seed S]
@@ -150,7 +150,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     paths = find_images(args.inputs)
     if not paths:
         raise ValueError(f"no images found in {args.inputs}")
-    pred = Predictor(args.weights, config=args.config, device=args.device, score_thresh=args.score_thresh)
+    backend = args.backend
+    if backend == "auto":
+        backend = "onnxruntime" if Path(args.weights).suffix.lower() == ".onnx" else "torch"
+    pred: Any
+    if backend == "onnxruntime":
+        from retinanet.inference.runtime import RuntimePredictor
+
+        if args.config:
+            raise ValueError(f"--config: {args.weights} carries its own settings; it takes no config")
+        try:
+            pred = RuntimePredictor(args.weights, device=args.device, score_thresh=args.score_thresh)
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+    else:
+        pred = Predictor(args.weights, config=args.config, device=args.device, score_thresh=args.score_thresh)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -185,9 +199,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from retinanet.export.exporter import export_model
+    from retinanet.export.exporter import export
 
-    path = export_model(
+    report = export(
         args.weights,
         args.out,
         fmt=args.format,
@@ -196,16 +210,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         width=args.width,
         check=not args.no_check,
         dynamic=not args.static,
+        input_dtype=args.input_dtype,
     )
-    checked = not args.no_check and args.format != "onnx"
-    print(
-        f"exported {args.format} model to {path}"
-        + (
-            " (checked: same detections as the eager model on random images of two sizes, batches of 1 and 2)"
-            if checked
-            else " (not checked)"
-        )
-    )
+    runtime = " in ONNX Runtime" if args.format == "onnx" else ""
+    check = f"checked{runtime}: {report.check.describe()}" if report.check else "not checked"
+    print(f"exported {args.format} model to {report.path} ({check})")
     return 0
 
 
@@ -262,16 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--draw-thresh", type=float, default=0.3, help="only draw boxes above this score")
     pr.add_argument("--batch-size", type=int, default=2)
     pr.add_argument("--device", default="auto")
+    pr.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="torch: the checkpoint in PyTorch; onnxruntime: an exported .onnx file (auto: by the file type)",
+    )
     pr.add_argument("--no-draw", action="store_true")
     common(pr, malloc=False)
     pr.set_defaults(fn=_cmd_predict)
 
     x = sub.add_parser(
         "export",
-        help="export for deployment (TorchScript, torch.export or ONNX)",
-        description="torchscript: the whole detector (post-processing included); pt2 "
-        "(torch.export) and onnx: the network with decoded boxes and class logits per "
-        "anchor. See retinanet.export.exporter for inputs and outputs.",
+        help="export for deployment (ONNX, torch.export or TorchScript)",
+        description="Every format holds the whole detector, pre- and post-processing (NMS) included, and "
+        "is checked against the Python model after writing (ONNX in ONNX Runtime). onnx and pt2 return "
+        "boxes [B, D, 4], scores [B, D], labels [B, D] and num_detections [B]; torchscript a list of dicts. "
+        "See retinanet.export.exporter for inputs and outputs.",
     )
     x.add_argument("--weights", required=True)
     x.add_argument("--out", required=True)
@@ -281,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--width", type=int, default=512, help="example input width")
     x.add_argument(
         "--static", action="store_true", help="pt2/onnx: fix the input to --height x --width, batch 1 (faster export)"
+    )
+    x.add_argument(
+        "--input-dtype",
+        choices=["uint8", "float32"],
+        help="pt2/onnx: images uint8 0-255 or float32 0-1 (default: what data.resize gives, uint8 for pillow)",
     )
     x.add_argument("--no-check", action="store_true", help="skip comparing the exported model with the Python model")
     x.set_defaults(fn=_cmd_export)

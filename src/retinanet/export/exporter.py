@@ -1,30 +1,31 @@
-"""Export a trained checkpoint for deployment, and load what was exported.
+"""Export a trained checkpoint for deployment, check the file, and load what was exported.
 
-    retinanet export --weights model_final.pth --out model.pt                    # TorchScript
+    retinanet export --weights model_final.pth --out model.onnx --format onnx     # ONNX Runtime & co.
     retinanet export --weights model_final.pth --out model.pt2 --format pt2      # torch.export
-    retinanet export --weights model_final.pth --out model.onnx --format onnx    # needs onnx + onnxscript
+    retinanet export --weights model_final.pth --out model.pt                    # TorchScript (deprecated)
 
-Every format takes what the model takes: RGB images ``[B, 3, H, W]``, uint8 0-255 or float 0-1, already
-resized (shorter side ``meta["test_min_size"]``, longer at most ``meta["max_size"]``); normalizing and
-padding are inside. The detector formats return what the model returns
-(:class:`~retinanet.export.detector.ExportableDetector`)::
+Every format holds the whole detector: normalize, pad, network, and the eager model's post-processing
+(threshold, per-level top-k, decode, clip, per-class NMS, best ``D``). Inputs: RGB images ``[B, 3, H, W]``
+already resized (shorter side ``meta["test_min_size"]``, longer at most ``meta["max_size"]``), any batch
+size and size in ``meta["input_range"]``. Outputs, in the pixels of the input image:
 
-    forward(images, image_sizes: Optional[int64 [B, 2]] = None, output_sizes: Optional[int64 [B, 2]] = None)
-        -> list of dicts {"boxes" float32 [d, 4] (x1, y1, x2, y2), "scores" [d], "labels" int64 [d]}
+- **onnx** and **pt2**: ``(images uint8|float32 [B, 3, H, W], image_sizes int64 [B, 2]) -> (boxes float32
+  [B, D, 4], scores float32 [B, D], labels int64 [B, D], num_detections int64 [B])``: padded to ``D =
+  meta["detections_per_image"]``, by decreasing score, slots past ``num_detections`` hold zeros and
+  label -1 (:mod:`retinanet.export.padded`). The input dtype is chosen at export (``input_dtype``,
+  ``meta["input_dtype"]``: uint8 0-255 or float32 0-1; by default what the model's resize gives). ONNX does the NMS with
+  ``NonMaxSuppression`` and needs nothing of ours to run; a pt2 file needs ``import retinanet.export``
+  (the NMS is the operator ``retinanet::nms_keep``).
+- **torchscript** (``torch.jit.load``; needs no ``retinanet``): ``forward(images uint8 or float 0-1,
+  image_sizes=None, output_sizes=None) -> list of B dicts {boxes [d, 4], scores [d], labels [d]}``, boxes
+  in ``output_sizes`` pixels (default: ``image_sizes``, default ``(H, W)``). Deprecated by PyTorch 2.13.
 
-with boxes in the pixels of ``output_sizes`` (e.g. the original image's size; default ``image_sizes``,
-the valid ``(h, w)`` of each image stacked at the top-left of the batch; default ``(H, W)``).
-
-- **torchscript** (``torch.jit.load``; needs no ``retinanet``): the whole detector. The network is traced,
-  anchors and post-processing are the model's own code, scripted.
-- **pt2** (``torch.export``): the network (normalize, pad, backbone, FPN, head) as an ExportedProgram;
-  :func:`load_exported` wraps it with the model's post-processing (needs ``retinanet``).
-- **onnx**: the same network as pt2, ``(images, image_sizes) -> (cls_logits, box_deltas)``.
-
-The metadata (``read_metadata``) holds the class names, the input contract and the ``spec`` of
-:class:`~retinanet.export.detector.DetectorSpec`. The checkpoint is loaded with ``weights_only``
-(or safetensors): exporting never executes pickled code. With ``check`` the written file is loaded
-back and compared with the eager model on two image sizes and batch sizes 1 and 2.
+The metadata (:func:`read_metadata`) holds the class names, the input contract and the ``spec`` of
+:class:`~retinanet.export.detector.DetectorSpec`. The checkpoint is loaded with ``weights_only`` (or
+safetensors): exporting never executes pickled code. With ``check`` the written file is run (ONNX in
+ONNX Runtime) on random images of two sizes, batches of 1 and 2, and compared with the eager model
+(:mod:`retinanet.export.check`); a file that fails is deleted. :func:`load_exported` returns a callable
+with the eager model's contract for every format.
 """
 
 from __future__ import annotations
@@ -33,45 +34,50 @@ import json
 import logging
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from retinanet.export.check import CheckResult, check_examples, compare_detections
+from retinanet.export.common import METADATA_FILE, ExportError, write_atomic
 from retinanet.export.detector import DetectorNetwork, DetectorSpec, ExportableDetector
 from retinanet.inference.predictor import LoadedDetector, load_detector
+from retinanet.inference.runtime import PaddedRunner, onnx_runner, onnx_session
 from retinanet.modeling.retinanet import RetinaNet
-from retinanet.utils.io import atomic_write
 
-__all__ = ["export_model", "ExportError", "load_exported", "read_metadata", "FORMATS", "METADATA_FILE"]
+__all__ = [
+    "export",
+    "export_model",
+    "ExportError",
+    "ExportReport",
+    "load_exported",
+    "read_metadata",
+    "FORMATS",
+    "INPUT_DTYPES",
+    "METADATA_FILE",
+]
 
 FORMATS = ("torchscript", "pt2", "onnx")
-METADATA_FILE = "retinanet.json"
-BOX_ATOL, SCORE_ATOL = 1e-3, 1e-5  # what the export check accepts
+INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 log = logging.getLogger("retinanet.export")
 
 
-class ExportError(ValueError):
-    """Export failed or its check found a difference; the message says why (and what to install)."""
+@dataclass
+class ExportReport:
+    """What :func:`export` wrote and how its check went (``check`` is None when not checked)."""
 
-
-def _examples(height: int, width: int) -> List[Tuple[Tensor, Tensor]]:
-    """Check inputs: the export size at batch 1, then a larger, non-square size at batch 2 whose first
-    image is smaller than the batch (exercises ``image_sizes``)."""
-    g = torch.Generator().manual_seed(0)
-    one = torch.rand(1, 3, height, width, generator=g)
-    h2, w2 = height + 40, width + 72
-    two = torch.rand(2, 3, h2, w2, generator=g)
-    two[0, :, h2 - 24 :, :] = 0
-    sizes2 = torch.tensor([[h2 - 24, w2], [h2, w2]])
-    return [(one, torch.tensor([[height, width]])), (two, sizes2)]
+    path: Path
+    format: str
+    check: Optional[CheckResult] = None
 
 
 def build_torchscript(model: RetinaNet, height: int = 256, width: int = 256) -> torch.jit.ScriptModule:
     """The TorchScript detector of ``model`` (eval mode): traced network + scripted post-processing."""
     model = model.eval()
-    images, sizes = _examples(height, width)[0]
+    images, sizes = check_examples(height, width, torch.float32, dynamic=False)[0]
     network = DetectorNetwork(model).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings of shape checks; torch.jit deprecation
@@ -79,41 +85,10 @@ def build_torchscript(model: RetinaNet, height: int = 256, width: int = 256) -> 
         return torch.jit.script(ExportableDetector(traced, DetectorSpec.of(model)))
 
 
-def _dynamic_shapes(div: int) -> Dict[str, Any]:
-    from torch.export import Dim
-
-    batch = Dim("batch", min=1, max=256)
-    blocks = max(8192 // div, 3)
-    h, w = Dim("h_blocks", min=2, max=blocks), Dim("w_blocks", min=2, max=blocks)
-    return {"images": {0: batch, 2: div * h, 3: div * w}, "image_sizes": {0: batch}}
-
-
-def _torch_export(model: RetinaNet, height: int, width: int, dynamic: bool) -> Tuple[Any, bool]:
-    """``(ExportedProgram of DetectorNetwork, dynamic)``: dynamic batch and size if asked and possible.
-    The program takes images padded to multiples of ``size_divisibility`` (``ExportableDetector`` pads)."""
-    network = DetectorNetwork(model).eval()
-    div = max(model.size_divisibility, 1)
-    images, sizes = _examples(height, width)[1]
-    images = torch.nn.functional.pad(images, (0, -images.shape[-1] % div, 0, -images.shape[-2] % div))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamic:
-            try:
-                return torch.export.export(network, (images, sizes), dynamic_shapes=_dynamic_shapes(div)), True
-            except Exception as e:  # fall back to the example's size
-                log.warning(
-                    "torch.export with dynamic sizes failed (%s: %s); exporting for %dx%d, batch %d only",
-                    type(e).__name__,
-                    str(e).splitlines()[0][:200],
-                    images.shape[-2],
-                    images.shape[-1],
-                    images.shape[0],
-                )
-        return torch.export.export(network, (images, sizes)), False
-
-
-def _metadata(det: LoadedDetector, fmt: str, size: Tuple[int, int], dynamic: bool) -> Dict[str, Any]:
+def _metadata(det: LoadedDetector, fmt: str, size: Tuple[int, int], dtype: str, ranges: Dict[str, Any]) -> Dict:
     spec = DetectorSpec.of(det.model)
+    padded = fmt != "torchscript"
+    d = spec.detections_per_image
     return {
         "format": fmt,
         "class_names": list(det.class_names),
@@ -129,55 +104,31 @@ def _metadata(det: LoadedDetector, fmt: str, size: Tuple[int, int], dynamic: boo
         "score_thresh": spec.score_thresh,
         "nms_thresh": spec.nms_thresh,
         "topk_candidates": spec.topk_candidates,
-        "detections_per_image": spec.detections_per_image,
+        "detections_per_image": d,
         "spec": spec.to_dict(),
         "export_size": list(size),
-        "dynamic": dynamic,
+        "dynamic": ranges["height"][0] != ranges["height"][1] or ranges["batch"][0] != ranges["batch"][1],
+        "input_dtype": dtype,
+        "input_range": ranges,
+        "outputs_layout": "padded" if padded else "list",
         "inputs": {
-            "images": "[B, 3, H, W] RGB, uint8 0-255 or float 0-1, resized, not normalized",
-            "image_sizes": "int64 [B, 2], (h, w) of each image in the batch"
-            + (" (optional)" if fmt == "torchscript" else ""),
-            **({"output_sizes": "optional int64 [B, 2], (h, w) to return boxes in"} if fmt == "torchscript" else {}),
+            "images": f"[B, 3, H, W] RGB {'uint8 0-255' if dtype == 'uint8' else dtype + ' 0-1'}"
+            if padded
+            else "[B, 3, H, W] RGB, uint8 0-255 or float 0-1",
+            "image_sizes": "int64 [B, 2], (h, w) of each image stacked at the top-left of the batch"
+            + ("" if padded else " (optional)"),
+            **({} if padded else {"output_sizes": "optional int64 [B, 2], (h, w) to return boxes in"}),
         },
         "outputs": (
-            "list of dicts: boxes float32 [d, 4] xyxy pixels, scores float32 [d], labels int64 [d]"
-            if fmt != "onnx"
-            else "cls_logits float32 [B, N, K], box_deltas float32 [B, N, 4]"
+            f"boxes float32 [B, {d}, 4] (x1, y1, x2, y2) input pixels, scores float32 [B, {d}], labels int64 "
+            f"[B, {d}], num_detections int64 [B]; slots >= num_detections are padding (zeros, label -1)"
+            if padded
+            else "list of dicts: boxes float32 [d, 4] xyxy pixels, scores float32 [d], labels int64 [d]"
         ),
     }
 
 
-def _compare(
-    run: Callable[..., List[Dict[str, Tensor]]], model: RetinaNet, what: str, examples: List[Tuple[Tensor, Tensor]]
-) -> Tuple[float, float]:
-    """Largest box and score deviation of ``run`` from the eager model; ExportError on any difference
-    in the number, labels or order of the detections or beyond the tolerances."""
-    worst_box, worst_score = 0.0, 0.0
-    for images, sizes in examples:
-        h, w = images.shape[-2:]
-        eager_in = [im[:, : int(s[0]), : int(s[1])] for im, s in zip(images, sizes)]
-        with torch.no_grad():
-            want = model(eager_in)
-            got = run(images, sizes)
-        for i, (g, e) in enumerate(zip(got, want)):
-            if g["labels"].shape != e["labels"].shape or not torch.equal(g["labels"], e["labels"]):
-                raise ExportError(
-                    f"{what}: image {i} of a {images.shape[0]} x {h} x {w} batch: "
-                    f"{g['labels'].numel()} detections vs {e['labels'].numel()} from the eager "
-                    "model (or different labels)"
-                )
-            if g["labels"].numel():
-                worst_box = max(worst_box, float((g["boxes"] - e["boxes"]).abs().max()))
-                worst_score = max(worst_score, float((g["scores"] - e["scores"]).abs().max()))
-    if worst_box > BOX_ATOL or worst_score > SCORE_ATOL:
-        raise ExportError(
-            f"{what}: boxes differ by up to {worst_box:.3g} px and scores by {worst_score:.3g} "
-            f"from the eager model (allowed {BOX_ATOL} px, {SCORE_ATOL})"
-        )
-    return worst_box, worst_score
-
-
-def export_model(
+def export(
     weights: Union[str, Path],
     out: Union[str, Path],
     fmt: str = "torchscript",
@@ -187,47 +138,82 @@ def export_model(
     check: bool = True,
     overrides: Optional[List[str]] = None,
     dynamic: bool = True,
-) -> Path:
-    """Load ``weights`` (``config`` for files that carry none) and write ``out`` in ``fmt``.
+    input_dtype: Optional[str] = None,
+) -> ExportReport:
+    """Load ``weights`` (``config`` for files that carry none), write ``out`` in ``fmt`` and check it.
 
-    ``height`` x ``width``: the example input size (pt2/ONNX with ``dynamic=False`` accept only it and
-    batch 2). With ``check``, the written file is loaded back and its detections compared with the
-    eager model's (:class:`ExportError` on a difference; ONNX is not checked here). Returns ``out``.
+    ``height`` x ``width``: the example input size and the first check size (with ``dynamic=False``,
+    pt2 and ONNX accept only it, at batch 1). ``input_dtype`` (``"uint8"`` or ``"float32"``): the image
+    dtype of pt2 and ONNX files; default: uint8 for models whose images are resized as uint8
+    (``data.resize: pillow``), else float32, so resized images go in unchanged. With ``check``, the
+    file is run and compared with the eager model (:class:`ExportError` on a difference, and the file
+    is deleted).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if input_dtype is not None and input_dtype not in INPUT_DTYPES:
+        raise ExportError(f"unknown input dtype {input_dtype!r}; choose one of {', '.join(INPUT_DTYPES)}")
     if int(height) < 32 or int(width) < 32:
         raise ExportError(f"export size must be at least 32 x 32, got {height}x{width}")
     if fmt == "onnx":
-        _require_onnx()
+        _require_onnx(check)
     det = load_detector(weights, config=config, device="cpu", overrides=overrides)
-    model = det.model.eval()
+    if det.cfg.test.tta:
+        log.warning("test.tta=%s is not exported: the file runs the model on each image once", list(det.cfg.test.tta))
+    model = det.model.eval().requires_grad_(False)  # an exporter may turn weights into numpy arrays
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if input_dtype is None:
+        input_dtype = "uint8" if det.cfg.data.resize == "pillow" else "float32"
+    dtype = INPUT_DTYPES[input_dtype]
     if fmt == "torchscript":
         scripted = build_torchscript(model, height, width)
-        extra = {METADATA_FILE: json.dumps(_metadata(det, fmt, (height, width), True))}
-        _write(out, lambda f: _jit_save(scripted, f, extra))
+        side = [1, 2**31 - 1]
+        ranges = {"batch": list(side), "height": list(side), "width": list(side)}
+        meta = _metadata(det, fmt, (height, width), "uint8 or float32", ranges)
+        write_atomic(out, lambda f: _jit_save(scripted, f, {METADATA_FILE: json.dumps(meta)}))
     else:
-        div = max(model.size_divisibility, 1)  # torch.export specializes sizes of one block
-        height, width = max(height, 2 * div), max(width, 2 * div)
-        program, is_dynamic = _torch_export(model, height, width, dynamic)
-        shape = program.example_inputs[0][0].shape
-        meta = _metadata(det, fmt, (int(shape[-2]), int(shape[-1])), is_dynamic)
-        if fmt == "pt2":
-            _write(out, lambda f: _pt2_save(program, f, {METADATA_FILE: json.dumps(meta)}))
-        else:
-            _export_onnx(program, out, meta)
-    if check and fmt != "onnx":
+        from retinanet.export.padded import export_program
+
+        images, sizes = check_examples(height, width, dtype, dynamic=dynamic)[-1]
         try:
-            loaded, meta = load_exported(out)
-            examples = _examples(height, width)
-            box, score = _compare(loaded, model, str(out), examples if meta["dynamic"] else examples[1:])
-        except Exception:
+            program, ranges = export_program(model, images, sizes, dynamic)
+        except Exception as e:
+            raise ExportError(f"torch.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        meta = _metadata(det, fmt, (height, width), input_dtype, ranges)
+        if fmt == "pt2":
+            write_atomic(out, lambda f: _pt2_save(program, f, {METADATA_FILE: json.dumps(meta)}))
+        else:
+            from retinanet.export.onnx import write_onnx
+
+            write_onnx(program, out, meta)
+    report = ExportReport(out, fmt)
+    if check:
+        try:
+            report.check = check_exported(out, model, height, width)
+        except BaseException:
             out.unlink(missing_ok=True)  # a file that failed its check is not kept
             raise
-        log.info("checked %s: boxes within %.2g px, scores within %.2g of the eager model", out, box, score)
-    return out
+        log.debug("checked %s: %s", out, report.check.describe())
+    return report
+
+
+def export_model(weights: Union[str, Path], out: Union[str, Path], fmt: str = "torchscript", **kwargs: Any) -> Path:
+    """:func:`export`, returning the written path."""
+    return export(weights, out, fmt, **kwargs).path
+
+
+def check_exported(path: Union[str, Path], model: RetinaNet, height: int = 256, width: int = 256) -> CheckResult:
+    """Run the exported file ``path`` (ONNX in ONNX Runtime) on :func:`check_examples` in its declared
+    input range and compare it with ``model`` (:func:`compare_detections`; ExportError on a difference)."""
+    run, meta = load_exported(path)
+    dtype = torch.uint8 if meta["input_dtype"] != "float32" else torch.float32
+    examples = check_examples(height, width, dtype, dynamic=bool(meta["dynamic"]))
+    where = f"{path} ({'ONNX Runtime' if meta['format'] == 'onnx' else meta['format']})"
+    result = compare_detections(run, model.eval(), where, examples, model.postprocessor.detections_per_image)
+    if result.detections == 0:
+        log.warning("%s: the eager model finds nothing on the check images: only empty outputs compared", path)
+    return result
 
 
 def _jit_save(module: torch.jit.ScriptModule, f: Any, extra: Dict[str, str]) -> None:
@@ -242,41 +228,20 @@ def _pt2_save(program: Any, f: Any, extra: Dict[str, str]) -> None:
         torch.export.save(program, f, extra_files=extra)
 
 
-def _write(out: Path, write: Callable[[Any], None]) -> None:
-    try:
-        atomic_write(out, write)
-    except OSError as e:
-        raise ExportError(f"cannot write {out}: {e.strerror or e}") from e
+def _require_onnx(check: bool) -> None:
+    from retinanet.export.onnx import missing_onnx_packages
 
-
-def _require_onnx() -> None:
-    missing = []
-    for name in ("onnx", "onnxscript"):
+    missing = missing_onnx_packages()
+    if check:
         try:
-            __import__(name)
+            import onnxruntime  # noqa: F401
         except ImportError:
-            missing.append(name)
+            missing.append("onnxruntime")
     if missing:
         raise ExportError(
             f"ONNX export needs the {' and '.join(missing)} package(s), which are not installed: "
-            f"pip install {' '.join(missing)}  (or use --format torchscript / pt2)"
+            f"pip install {' '.join(missing)}  (or pip install 'retinanet[export]'; or use --format pt2)"
         )
-
-
-def _export_onnx(program: Any, out: Path, meta: Dict[str, Any]) -> None:  # pragma: no cover - needs onnx
-    import onnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(
-            program, dynamo=True, input_names=["images", "image_sizes"], output_names=["cls_logits", "box_deltas"]
-        )
-    assert onnx_program is not None  # dynamo=True always returns an ONNXProgram
-    proto = onnx_program.model_proto
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "retinanet", json.dumps(meta)
-    _write(out, lambda f: f.write(proto.SerializeToString()))
-    onnx.checker.check_model(str(out))
 
 
 def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
@@ -284,11 +249,15 @@ def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
-    if path.suffix == ".onnx":  # pragma: no cover - needs onnx
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(props.get("retinanet", "{}"))
+    if path.suffix == ".onnx":
+        try:
+            import onnx
+        except ImportError:
+            raw = onnx_session(path).get_modelmeta().custom_metadata_map.get("retinanet", "{}")
+        else:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            raw = props.get("retinanet", "{}")
+        return json.loads(raw)
     try:
         with zipfile.ZipFile(path) as z:
             for name in z.namelist():
@@ -299,16 +268,27 @@ def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
     raise ExportError(f"{path}: no {METADATA_FILE} inside: not a model exported by retinanet")
 
 
-def load_exported(path: Union[str, Path], map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """``(detector, metadata)`` of an exported TorchScript or pt2 file; the detector is called like
-    the eager model's export contract (module docstring). Loading runs no pickled Python code."""
+def load_exported(
+    path: Union[str, Path], map_location: str = "cpu"
+) -> Tuple[Callable[..., List[Dict[str, Tensor]]], Dict[str, Any]]:
+    """``(detector, metadata)`` of an exported file: ``detector(images [B, 3, H, W], image_sizes=None,
+    output_sizes=None) -> list of B dicts {boxes, scores, labels}`` for every format (the TorchScript
+    module itself; pt2 and ONNX wrapped by :class:`~retinanet.inference.runtime.PaddedRunner`). ONNX
+    runs in ONNX Runtime. Loading runs no pickled Python code."""
     path = Path(path)
     meta = read_metadata(path)
+    fmt = meta.get("format")
+    if fmt in ("pt2", "onnx") and meta.get("outputs_layout") != "padded":
+        raise ExportError(f"{path}: exported without post-processing by an older retinanet; export it again")
+    dtype = torch.float32 if meta.get("input_dtype") == "float32" else torch.uint8
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if meta.get("format") == "torchscript":
+        if fmt == "torchscript":
             return torch.jit.load(str(path), map_location=map_location).eval(), meta
-        if meta.get("format") == "pt2":
-            network = torch.export.load(str(path)).module()
-            return ExportableDetector(network, DetectorSpec(**meta["spec"])), meta
-    raise ExportError(f"{path}: cannot load format {meta.get('format')!r} here (ONNX: use onnxruntime)")
+        if fmt == "pt2":
+            import retinanet.export.nms_op  # noqa: F401  (registers the NMS operator the program calls)
+
+            return PaddedRunner(torch.export.load(str(path)).module(), dtype), meta
+        if fmt == "onnx":
+            return onnx_runner(onnx_session(path, map_location), dtype), meta
+    raise ExportError(f"{path}: unknown export format {fmt!r} in its metadata")

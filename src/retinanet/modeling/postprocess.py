@@ -1,4 +1,7 @@
-"""RetinaNet's inference post-processing: one implementation for the eager model and every export.
+"""RetinaNet's inference post-processing, for the eager model and the TorchScript export.
+
+The pt2 and ONNX files run the fixed-shape form of these steps (:mod:`retinanet.export.padded`: the same
+numbers, decoding and clipping, candidates and outputs padded to fixed sizes).
 
 ``PostProcessor(box_coder, score_thresh, topk_candidates, nms_thresh, detections_per_image)`` turns the
 head's outputs into detections:
