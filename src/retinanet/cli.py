@@ -1,5 +1,5 @@
 """Command line: ``retinanet train | eval | predict | export | demo``, and the tool commands of
-:mod:`retinanet.apps.tools` (``data synth | data show | analyze | convert | presets``).
+:mod:`retinanet.apps.tools` (``data synth | data show | analyze | ablate | convert | presets``).
 
     retinanet train CONFIG [section.key=value ...] [--resume]
     retinanet eval CONFIG --weights CKPT [section.key=value ...]
@@ -10,6 +10,7 @@
     retinanet data show CONFIG [section.key=value ...] --out DIR [--num 8] [--seed S]
     retinanet analyze anchors CONFIG [section.key=value ...] [--split train|val] [--json FILE]
     retinanet analyze loss-cdf CONFIG --weights CKPT [--out PNG] [--json FILE]
+    retinanet ablate PLAN --out DIR [section.key=value ...] [--iterations N | --minutes M] [--seeds S ...]
     retinanet convert torchvision FILE --out CKPT [--config PRESET]
 
 CONFIG is a YAML file or the name of a packaged preset (``retinanet presets`` lists them). Under
