@@ -10,7 +10,9 @@ process), in this order per mode: bench_model (roofline, inference, post-process
 step in a further fresh process), bench_focal, bench_boxes (NMS, matcher in fresh processes).
 With ``--peer DIR`` the torchvision peer's ``bench_torchvision.py`` (from DIR, run with this
 interpreter and ``--peer-pythonpath`` prepended to PYTHONPATH so that its torchvision imports) runs
-right after ours in each mode, for side-by-side numbers measured in the same session.
+right after ours in each mode, for side-by-side numbers measured in the same session. That peer is
+torchvision's default build without weights (trainable BatchNorm, all stages trained, other random
+weights), not our configuration: the like-for-like comparison is ``benchmarks/bench_peer.py``.
 
 Targets (issue 5) are evaluated on the ``keep`` run (the CLI's mode) and, where memory is concerned, on
 the ``default`` run (RSS only means something there); every figure of both modes is in the file.
@@ -121,7 +123,7 @@ def evaluate_targets(res: dict) -> list[dict]:
                 0.90,
                 "min",
                 "x",
-                note=f"unfused model: {r['unfused']['network_roofline_ratio']}; peer 0.69",
+                note=f"unfused model: {r['unfused']['network_roofline_ratio']}",
             )
         )
     if "800x1333" in m.get("infer", {}):
@@ -153,7 +155,7 @@ def evaluate_targets(res: dict) -> list[dict]:
                 2100.0,
                 "max",
                 "MB",
-                note="2.1 GB; peer 2788 MB",
+                note="2.1 GB",
             )
         )
     if keep is not None and keep["model"].get("train"):

@@ -1,6 +1,7 @@
-"""Print the tables of BENCHMARKS.md from a run_all.py result file.
+"""Print the tables of BENCHMARKS.md from a run_all.py result file, or from a bench_peer.py one.
 
 python benchmarks/summarize.py benchmarks/results.json
+python benchmarks/summarize.py /tmp/peer.json      # like-for-like with torchvision (issue 18)
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def main(path: str) -> None:
     print()
     if any("peer" in r for r in modes.values()):
         print("### Side by side with the torchvision peer, same session (median ms)\n")
+        print(
+            "Different configurations (our default R50 against torchvision with trainable BatchNorm), "
+            "superseded by the like-for-like `bench_peer.py`.\n"
+        )
         print("| malloc | case | ours (fused) | peer | peer / ours |")
         print("|---|---|---|---|---|")
         for mode, r in modes.items():
@@ -180,5 +185,143 @@ def main(path: str) -> None:
         )
 
 
+NAMES = {
+    "tv": "torchvision",
+    "tv_cl": "torchvision, channels_last",
+    "ours": "ours (NCHW, the preset)",
+    "ours_cl": "ours, channels_last",
+    "ours_fused": "ours, channels_last, BN folded (Predictor)",
+}
+GOAL = 1.25  # issue 18: inference and training at least 1.25x faster than torchvision like-for-like
+
+
+def primary_clock(res: dict) -> str:
+    """CPU time with one thread (robust to a shared machine), wall time otherwise."""
+    return "cpu" if res.get("threads") == 1 else "wall"
+
+
+def peer_goals(res: dict) -> list[dict]:
+    """Every variant of ours against torchvision, with the issue's goal, from this run's figures."""
+    key = f"tv_over_this_{primary_clock(res)}"
+    out = []
+    for r in res.get("infer", []):
+        for v, x in r["variants"].items():
+            if v.startswith("ours"):
+                out.append({"what": f"inference {r['input']}, {NAMES[v]}", "value": x[key], "goal": GOAL})
+    for v, x in res.get("train", {}).get("variants", {}).items():
+        if v.startswith("ours"):
+            out.append({"what": f"training step, {NAMES[v]}", "value": x[key], "goal": GOAL})
+    for g in out:
+        g["clock"] = primary_clock(res)
+        g["met"] = g["value"] is not None and g["value"] >= g["goal"]
+    return out
+
+
+def same(x: dict) -> str:
+    """`` (yes)`` / `` (no)`` where the variant's detections were compared with torchvision's."""
+    agree = x.get("vs_tv_detections")
+    return "" if agree is None else " (yes)" if agree["ok"] else " (no)"
+
+
+def _ms(x: dict) -> str:
+    return f"{f(x['median_ms'])} [{f(x['min_ms'])}-{f(x['max_ms'])}]"
+
+
+def peer_markdown(res: dict) -> str:
+    """The tables of a bench_peer.py result (every figure from that one run)."""
+    m = res["machine"]
+    lines = [
+        f"Machine: {m['cpu_model']}, {m['os_cpu_count']} vCPUs, torch {m['torch']} ({m['torch_cpu_capability']}), "
+        f"torchvision {res['torchvision']}, {res.get('threads')} thread(s), malloc {res.get('malloc')}; "
+        f"{res['started']} .. {res['finished']}; load average at start {m['loadavg_at_start']}; "
+        f"`bench_peer.py {' '.join(res['argv'])}`",
+        "",
+    ]
+    cfg = res.get("config", {})
+    if cfg:
+        lines += ["| model | parameters | trainable | norm layers | frozen in the backbone |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {NAMES[v]} | {c['params']:,} | {c['trainable_params']:,} | {', '.join(c['norm_layers'])} | "
+            f"{', '.join(c['frozen_backbone_parts'])} |"
+            for v, c in cfg.items()
+        ]
+        lines.append("")
+    if res.get("infer"):
+        lines += [
+            "Inference, batch 1 (ms: median [min-max]; ratios: median of the per-round torchvision / this):",
+            "",
+            "| input | model | CPU ms | wall ms | network CPU ms | boxes into NMS | detections (= torchvision's) "
+            "| torchvision / this, CPU | wall | network CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res["infer"]:
+            for v, x in r["variants"].items():
+                lines.append(
+                    f"| {r['input']} | {NAMES[v]} | {_ms(x['cpu'])} | {_ms(x['wall'])} | "
+                    f"{f(x['net_cpu']['median_ms'])} | {x['nms_in_boxes']} | {x['detections']}{same(x)} | "
+                    f"**{f(x['tv_over_this_cpu'], 2)}** | {f(x['tv_over_this_wall'], 2)} | "
+                    f"{f(x['tv_over_this_net_cpu'], 2)} |"
+                )
+        lines.append("")
+    if res.get("post"):
+        lines += [
+            "Post-processing alone (anchors, threshold, top-k, decode, NMS, best 300) on the same head outputs:",
+            "",
+            "| input | score_thresh | boxes into NMS (tv / ours) | detections (tv / ours) | torchvision CPU ms "
+            "| ours CPU ms | torchvision / ours, CPU | wall |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res["post"]:
+            for t, x in r["thresholds"].items():
+                a, b = x["tv"], x["ours"]
+                lines.append(
+                    f"| {r['input']} | {t} | {a['nms_in_boxes']} / {b['nms_in_boxes']} | "
+                    f"{a['detections']} / {b['detections']} | {_ms(a['cpu'])} | {_ms(b['cpu'])} | "
+                    f"**{f(b['tv_over_this_cpu'], 2)}** | {f(b['tv_over_this_wall'], 2)} |"
+                )
+        lines.append("")
+    tr = res.get("train")
+    if tr:
+        lines += [
+            f"Training step ({tr['images']}, SGD):",
+            "",
+            "| model | CPU ms | wall ms | trainable params | losses of the steps | torchvision / this, CPU | wall |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v, x in tr["variants"].items():
+            lines.append(
+                f"| {NAMES[v]} | {_ms(x['cpu'])} | {_ms(x['wall'])} | {x['trainable_params']:,} | "
+                f"{', '.join(f(v2, 3) for v2 in x['losses'])} | **{f(x['tv_over_this_cpu'], 2)}** | "
+                f"{f(x['tv_over_this_wall'], 2)} |"
+            )
+        lines.append("")
+    if res.get("memory"):
+        lines += [
+            "Peak RSS, each in a fresh process (default malloc; one call after a warm-up call):",
+            "",
+            "| case | model | peak RSS MB | above RSS before the call |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['case']} | {NAMES[x['variant']]} | {x['peak_rss_mb']} | {x['above_before_mb']} |"
+            for x in res["memory"]
+        ]
+        lines.append("")
+    goals = peer_goals(res)
+    if goals:
+        clock = {"cpu": "CPU time", "wall": "wall time"}[goals[0]["clock"]]
+        lines += [f"| goal (issue 18) | torchvision / ours ({clock}) | goal | met |", "|---|---|---|---|"]
+        lines += [
+            f"| {g['what']} | {f(g['value'], 2)} | >= {g['goal']} | {'yes' if g['met'] else 'no'} |" for g in goals
+        ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json")
+    path = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json"
+    with open(path) as fh:
+        data = json.load(fh)
+    if "torchvision" in data:
+        print(peer_markdown(data))
+    else:
+        main(path)
