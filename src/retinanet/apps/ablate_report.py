@@ -174,7 +174,9 @@ def _plot_group(plan: Plan, gi: int, summaries: Sequence[dict[str, Any]], path: 
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=f"C{k % 10}", label=name or None)
         bad = [x for x, c in points if c["diverged"] and not c["finished"]]
         ax.plot(bad, [0.0] * len(bad), "x", color="red", markersize=10, label="diverged" if bad and k == 0 else None)
-    ax.set_xticks(range(len(g)), list(g.labels), rotation=20 if len(g) > 5 else 0)
+    labels = [lab.replace(", ", "\n") for lab in g.labels]  # one key per line: zipped labels stay legible
+    crowded = len(g) > 5 or max(map(len, g.labels), default=0) * len(g) > 60
+    ax.set_xticks(range(len(g)), labels, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlabel(g.name)
     ax.set_ylim(bottom=0.0)
     ax.set_ylabel("AP (%)")
@@ -182,7 +184,7 @@ def _plot_group(plan: Plan, gi: int, summaries: Sequence[dict[str, Any]], path: 
     ax.grid(True, color="0.88")
     if any(ax.get_legend_handles_labels()[1]):
         ax.legend(loc="best", fontsize="small")
-    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
 
 
 def _plot_speed(plan: Plan, summaries: Sequence[dict[str, Any]], path: Path) -> Path:
