@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from retinanet.modeling.state_dict import canonical_state_dict, describe_state, 
 from retinanet.utils.device import resolve_device
 from retinanet.utils.serialization import load_file
 
-__all__ = ["Predictor", "LoadedDetector", "load_detector", "find_images", "IMAGE_EXTENSIONS"]
+__all__ = ["Predictor", "LoadedDetector", "load_detector", "find_images", "image_batches", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ImageLike = Union[str, Path, np.ndarray]
@@ -186,6 +186,29 @@ def load_detector(
     return LoadedDetector(model, cfg, dev, class_names, cat_ids, ema=use_ema)
 
 
+def image_batches(
+    images: Iterable[ImageLike], transforms: Any, batch_size: int, num_workers: int = 0, progress: bool = False
+) -> Iterator[Any]:
+    """The inputs (paths or RGB arrays), resized by ``transforms``, as collated batches in input order
+    (``batch.images``: list of [3, h, w]; ``batch.targets[i]``: ``orig_size``, ``image_id`` = input index),
+    with a progress bar when asked. The one input path of :class:`Predictor` and the ONNX Runtime one."""
+    items = list(images)
+    loader = DataLoader(_Images(items, transforms), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="predict", unit="img", dynamic_ncols=True)
+    try:
+        for batch in loader:
+            yield batch
+            if bar is not None:
+                bar.update(len(batch.targets))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 class Predictor:
     """Loads a checkpoint once and predicts on images (paths or RGB uint8 arrays)."""
 
@@ -215,31 +238,16 @@ class Predictor:
         self, images: Iterable[ImageLike], batch_size: int = 2, num_workers: int = 0, progress: bool = False
     ) -> Iterable[dict]:
         """Yield one detection dict per input, in input order."""
-        items = list(images)
-        loader = DataLoader(
-            _Images(items, self.transforms), batch_size=batch_size, num_workers=num_workers, collate_fn=collate
-        )
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(items), desc="predict", unit="img", dynamic_ncols=True)
-        try:
-            with torch.inference_mode():
-                for batch in loader:
-                    images = [im.to(self.device) for im in batch.images]
-                    outs = self.inference_model(images, output_sizes=[t["orig_size"] for t in batch.targets])
-                    for t, det in zip(batch.targets, outs):
-                        labels = det["labels"].cpu()
-                        yield {
-                            "boxes": det["boxes"].float().cpu(),
-                            "scores": det["scores"].float().cpu(),
-                            "labels": labels,
-                            "names": [self.class_names[i] for i in labels.tolist()],
-                            "image_index": int(t["image_id"]),
-                        }
-                    if bar is not None:
-                        bar.update(len(batch.targets))
-        finally:
-            if bar is not None:
-                bar.close()
+        with torch.inference_mode():
+            for batch in image_batches(images, self.transforms, batch_size, num_workers, progress):
+                images_ = [im.to(self.device) for im in batch.images]
+                outs = self.inference_model(images_, output_sizes=[t["orig_size"] for t in batch.targets])
+                for t, det in zip(batch.targets, outs):
+                    labels = det["labels"].cpu()
+                    yield {
+                        "boxes": det["boxes"].float().cpu(),
+                        "scores": det["scores"].float().cpu(),
+                        "labels": labels,
+                        "names": [self.class_names[i] for i in labels.tolist()],
+                        "image_index": int(t["image_id"]),
+                    }

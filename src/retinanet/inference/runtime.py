@@ -24,11 +24,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from retinanet.data.collate import collate
 from retinanet.data.transforms import build_transforms
-from retinanet.inference.predictor import ImageLike, _Images
+from retinanet.inference.predictor import ImageLike, image_batches
 from retinanet.modeling.postprocess import rescale_boxes
 from retinanet.modeling.preprocess import batch_images
 
@@ -186,26 +184,11 @@ class RuntimePredictor:
         self, images: Iterable[ImageLike], batch_size: int = 2, num_workers: int = 0, progress: bool = False
     ) -> Iterable[dict]:
         """Yield one detection dict per input, in input order (as :meth:`Predictor.predict_many`)."""
-        items = list(images)
-        loader = DataLoader(
-            _Images(items, self.transforms), batch_size=batch_size, num_workers=num_workers, collate_fn=collate
-        )
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(items), desc="predict", unit="img", dynamic_ncols=True)
-        try:
-            for batch in loader:
-                stacked, sizes = batch_images(batch.images)
-                outs = self.runner(stacked, sizes, torch.tensor([t["orig_size"] for t in batch.targets]))
-                for t, det in zip(batch.targets, outs):
-                    yield self._result(det, int(t["image_id"]))
-                if bar is not None:
-                    bar.update(len(batch.targets))
-        finally:
-            if bar is not None:
-                bar.close()
+        for batch in image_batches(images, self.transforms, batch_size, num_workers, progress):
+            stacked, sizes = batch_images(batch.images)
+            outs = self.runner(stacked, sizes, torch.tensor([t["orig_size"] for t in batch.targets]))
+            for t, det in zip(batch.targets, outs):
+                yield self._result(det, int(t["image_id"]))
 
     def _result(self, det: Dict[str, Tensor], index: int) -> dict:
         if self.score_thresh is not None:
