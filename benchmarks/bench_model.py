@@ -373,6 +373,8 @@ def run_train_subprocess(args) -> dict:
         str(args.train_warmup),
         "--runs",
         str(args.runs),
+        "--train-size",
+        str(args.train_size),
     ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -390,6 +392,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--train-runs", type=int, default=3)
     ap.add_argument("--train-warmup", type=int, default=1)
+    ap.add_argument("--train-size", type=int, default=512, help="square image side of the training step")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--malloc", choices=["keep", "default"], default="keep", help="allocator mode (the CLI's default is keep)"
@@ -400,7 +403,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     setup(args.threads, args.malloc)
 
     if args.worker == "train":
-        res = train_worker(512, 2, 5, args.train_runs, args.train_warmup, args.runs)
+        res = train_worker(args.train_size, 2, 5, args.train_runs, args.train_warmup, args.runs)
         print(json.dumps(res))
         return res
 
@@ -436,7 +439,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         out["train"] = run_train_subprocess(args)
         t = out["train"]
         print(
-            f"[train 512 b2] step {t['step']['median_ms']:.0f} ms (fwd+loss {t['forward_loss']['median_ms']:.0f}, "
+            f"[train {args.train_size} b2] step {t['step']['median_ms']:.0f} ms "
+            f"(fwd+loss {t['forward_loss']['median_ms']:.0f}, "
             f"loss {t['loss_computation']['median_ms']:.0f}, bwd {t['backward']['median_ms']:.0f}, opt "
             f"{t['optimizer']['median_ms']:.0f}); {t['step_gflops']} GFLOP/s = {t['step_roofline_ratio']} of "
             f"roofline; peak RSS {t['peak_rss_process_mb']} MB",

@@ -193,8 +193,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "modes": {},
         "cli_malloc_mode": "keep",
     }
-    sizes = "256x256,320x512" if args.quick else "512x512,800x1333"
-    runs = 2 if args.quick else args.runs
+    # quick (the smoke test): one small size, one timed run and no warmup; every section still runs
+    sizes = "256x256" if args.quick else "512x512,800x1333"
+    runs = 1 if args.quick else args.runs
     focal_shape = "2,12000,80" if args.quick else "2,120000,80"
     for mode in [m for m in args.modes.split(",") if m]:
         r: dict = {"wall_s": {}}
@@ -215,7 +216,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 out,
             ]
             if args.quick:
-                cmd += ["--train-runs", "1", "--train-warmup", "0"]
+                cmd += ["--warmup", "0", "--train-runs", "1", "--train-warmup", "0", "--train-size", "256"]
             r["wall_s"]["model"] = run(cmd)
             r["model"] = load(out)
         if "focal" not in skip:
@@ -250,7 +251,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 out,
             ]
             if args.quick:
-                cmd += ["--repeats", "3", "--num-anchors", "20000", "--num-gt", "50"]
+                cmd += ["--repeats", "1", "--num-anchors", "5000", "--num-gt", "20"]
             r["wall_s"]["boxes"] = run(cmd)
             r["boxes"] = load(out)
         if args.peer and "peer" not in skip:

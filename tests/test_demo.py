@@ -108,16 +108,35 @@ def test_trainer_ends_normally_when_a_hook_lowers_max_iter(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_reports_when_the_time_budget_set_the_step_count(tmp_path, capsys) -> None:
+def test_demo_reports_when_the_time_budget_set_the_step_count(tmp_path, capsys, monkeypatch) -> None:
     """A budget too small for the plan: training stops at the fewest steps that keep the lr schedule
-    (301 of 400), and the summary says how many steps fit at what measured time per step."""
+    (31 of 40), and the summary says how many steps fit at what measured time per step.
+
+    Small and quick: 3 + 3 scenes of 64 px (fewer than 4 per split: rendered in this process, no
+    worker pool) and the budget's measurement windows 10 steps long instead of 100. The first window
+    starts at step 10 and ends at step 20, when the 1 s budget is long gone, so the run gets the fewest
+    steps that keep the first lr step (2/3 of the total) ahead of step 20: ceil(20 * 3 / 2) + 1 = 31."""
     import dataclasses
 
     from retinanet.apps import demo
 
-    plan = dataclasses.replace(demo.QUICK, num_train=8, num_val=4, max_iter=400, warmup=10, time_budget_s=1.0)
+    budget_cls = demo.TimeBudget
+    monkeypatch.setattr(demo, "TimeBudget", lambda *a, **k: budget_cls(*a, every=10, **k))
+    plan = dataclasses.replace(
+        demo.QUICK,
+        num_train=3,
+        num_val=3,
+        size=64,
+        test_size=None,
+        objects_per_image=(1, 3),
+        distractors_per_image=(0, 2),
+        max_iter=40,
+        warmup=10,
+        time_budget_s=1.0,
+    )
+    assert demo.demo_config(tmp_path / "demo", plan=plan).solver.steps[0] == pytest.approx(2 / 3)
     summary = demo.run_demo(tmp_path / "demo", plan=plan, progress=False)
-    assert summary["iterations"] == 301 and summary["steps_planned"] == 400
+    assert summary["iterations"] == 31 and summary["steps_planned"] == 40
     assert summary["ms_per_step"] > 0
     printed = capsys.readouterr().out
-    assert f"time budget: 301 of up to 400 steps fit here ({summary['ms_per_step']:.0f} ms per step)" in printed
+    assert f"time budget: 31 of up to 40 steps fit here ({summary['ms_per_step']:.0f} ms per step)" in printed

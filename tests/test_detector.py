@@ -183,14 +183,16 @@ def _two_scenes() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
 
 def test_tiny_model_overfits_two_images():
     """Two images, four objects of three classes: after a short training every object is found with
-    the right class (IoU > 0.8, score > 0.5) and nothing else scores above 0.5."""
+    the right class (IoU > 0.8, score > 0.5) and nothing else scores above 0.5. Measured after the 60
+    steps: loss 0.005 of the first, IoUs >= 0.99, found objects' scores >= 0.77, others' <= 0.27 (all
+    checks already pass from step 30)."""
     torch.manual_seed(0)
     x, targets = _two_scenes()
     model = RetinaNet.from_config(tiny_cfg(fpn_channels=32, head_convs=2, head_norm="GN"))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     first = None
     model.train()
-    for _ in range(100):
+    for _ in range(60):
         out = model(x, targets)
         loss = (out["loss_cls"] + out["loss_box"]) / out["num_fg"].clamp(min=1)
         first = first if first is not None else loss.item()

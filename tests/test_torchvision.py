@@ -158,8 +158,10 @@ def test_convert_then_use_without_config(tv_files, tmp_path, capsys):
 def test_cli_predict_writes_coco_ids_and_names(tv_files, tmp_path):
     imgs = [FIXTURES / n for n in fixture("v2")["images"]]
     out = tmp_path / "pred"
+    config = tmp_path / "v2_small.yaml"  # the preset at the 320 px of the fixtures (predict takes no overrides)
+    config.write_text(f"base: {PRESETS['v2']}\ndata: {{min_size: [320], test_min_size: 320, max_size: 512}}\n")
     argv = ["predict", *map(str, imgs), "--weights", str(tv_files["v2_current"])]
-    assert main(argv + ["--config", PRESETS["v2"], "--out", str(out), "--no-draw", "--no-progress"]) == 0
+    assert main(argv + ["--config", str(config), "--out", str(out), "--no-draw", "--no-progress"]) == 0
     results = json.loads((out / "predictions.json").read_text())
     names = coco_category_names()
     assert len(results) == 600
@@ -198,7 +200,7 @@ def test_exported_torchscript_gives_torchvisions_detections(tv_files, tmp_path):
     from retinanet.modeling.preprocess import batch_images
 
     path = export_model(
-        tv_files["v1_old"], tmp_path / "tv.pt", fmt="torchscript", config=PRESETS["v1"], height=320, width=480
+        tv_files["v1_old"], tmp_path / "tv.pt", fmt="torchscript", config=PRESETS["v1"], height=128, width=128
     )
     pred = Predictor(tv_files["v1_old"], config=PRESETS["v1"], device="cpu", overrides=SMALL)
     imgs = images(fixture("v1"))
