@@ -18,7 +18,15 @@ from model_factory import CATEGORY_IDS, CLASS_NAMES, make_checkpoint, write_imag
 from retinanet import Predictor
 from retinanet.cli import main
 from retinanet.data.image_io import load_image
-from retinanet.export import ExportError, check_exported, export, export_model, load_exported, read_metadata
+from retinanet.export import (
+    ExportError,
+    check_exported,
+    export,
+    export_model,
+    format_for_path,
+    load_exported,
+    read_metadata,
+)
 
 torch.set_num_threads(1)
 
@@ -355,7 +363,7 @@ def test_the_check_fails_on_another_models_file_and_keeps_no_file(ckpt, predicto
 def test_onnx_without_the_onnx_package_is_a_clear_error(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: its import fails
     out = tmp_path / "model.onnx"
-    code = main(["export", "--weights", str(ckpt), "--out", str(out), "--format", "onnx"])
+    code = main(["export", "--weights", str(ckpt), "--out", str(out)])  # .onnx: the format is ONNX
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("retinanet export: error: ONNX export needs the onnxscript package(s)")
@@ -363,10 +371,22 @@ def test_onnx_without_the_onnx_package_is_a_clear_error(ckpt, tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_the_suffix_names_the_format():
+    names = {"m.onnx": "onnx", "dir.v2/M.ONNX": "onnx", "m.pt2": "pt2", "m.pt": "torchscript", "m.ts": "torchscript"}
+    assert {n: format_for_path(n) for n in names} == names
+    for bad in ("model", "model.pth", "model.onnx.tmp"):
+        with pytest.raises(ExportError, match="cannot tell the export format"):
+            format_for_path(bad)
+
+
 def test_load_exported_refuses_a_checkpoint(ckpt):
     with pytest.raises(ExportError, match="not a model exported by retinanet"):
         load_exported(ckpt)
     with pytest.raises(ExportError, match="unknown export format 'tflite'"):
         export_model(ckpt, "x.tflite", fmt="tflite")
+    with pytest.raises(
+        ExportError, match=r"cannot tell the export format from the file name 'x.tflite': name it \.onnx"
+    ):
+        export_model(ckpt, "x.tflite")
     with pytest.raises(ExportError, match="unknown input dtype 'int16'"):
         export_model(ckpt, "x.onnx", fmt="onnx", input_dtype="int16")

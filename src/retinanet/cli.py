@@ -4,7 +4,7 @@
     retinanet train CONFIG [section.key=value ...] [--resume]
     retinanet eval CONFIG --weights CKPT [section.key=value ...]
     retinanet predict --weights CKPT|MODEL.onnx INPUT [INPUT ...] [--out DIR] [--score-thresh 0.3]
-    retinanet export --weights CKPT --out FILE [--format torchscript|pt2|onnx] [--input-dtype uint8|float32]
+    retinanet export --weights CKPT --out FILE.onnx|.pt2|.pt [--format F] [--input-dtype uint8|float32]
     retinanet demo [--out DIR] [--quick]
     retinanet data synth --out DIR [--train N --val N --size H W --seed S]
     retinanet data show CONFIG [section.key=value ...] --out DIR [--num 8] [--seed S]
@@ -213,9 +213,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         dynamic=not args.static,
         input_dtype=args.input_dtype,
     )
-    runtime = " in ONNX Runtime" if args.format == "onnx" else ""
+    runtime = " in ONNX Runtime" if report.format == "onnx" else ""
     check = f"checked{runtime}: {report.check.describe()}" if report.check else "not checked"
-    print(f"exported {args.format} model to {report.path} ({check})")
+    print(f"exported {report.format} model to {report.path} ({check})")
     return 0
 
 
@@ -292,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--weights", required=True)
     x.add_argument("--out", required=True)
-    x.add_argument("--format", choices=["torchscript", "pt2", "onnx"], default="torchscript")
+    x.add_argument(
+        "--format",
+        choices=["onnx", "pt2", "torchscript"],
+        help="default: from the --out suffix (.onnx, .pt2, .pt or .ts for TorchScript, which PyTorch deprecates)",
+    )
     x.add_argument("--config", help="config for checkpoints that carry none")
     x.add_argument("--height", type=int, default=512, help="example input height (any size; the file pads inside)")
     x.add_argument("--width", type=int, default=512, help="example input width")

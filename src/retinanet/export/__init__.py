@@ -9,6 +9,7 @@ from retinanet.export.exporter import (
     check_exported,
     export,
     export_model,
+    format_for_path,
     load_exported,
     read_metadata,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "check_exported",
     "export",
     "export_model",
+    "format_for_path",
     "load_exported",
     "nms_keep",
     "read_metadata",

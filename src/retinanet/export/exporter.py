@@ -1,8 +1,10 @@
 """Export a trained checkpoint for deployment, check the file, and load what was exported.
 
-    retinanet export --weights model_final.pth --out model.onnx --format onnx     # ONNX Runtime & co.
-    retinanet export --weights model_final.pth --out model.pt2 --format pt2      # torch.export
-    retinanet export --weights model_final.pth --out model.pt                    # TorchScript (deprecated)
+    retinanet export --weights model_final.pth --out model.onnx    # ONNX Runtime & co.
+    retinanet export --weights model_final.pth --out model.pt2     # torch.export
+    retinanet export --weights model_final.pth --out model.pt      # TorchScript (deprecated)
+
+The format follows the file's suffix (:func:`format_for_path`) unless ``fmt`` / ``--format`` names it.
 
 Every format holds the whole detector: normalize, pad, network, and the eager model's post-processing
 (threshold, per-level top-k, decode, clip, per-class NMS, best ``D``). Inputs: RGB images ``[B, 3, H, W]``
@@ -51,6 +53,7 @@ from retinanet.modeling.retinanet import RetinaNet
 __all__ = [
     "export",
     "export_model",
+    "format_for_path",
     "ExportError",
     "ExportReport",
     "load_exported",
@@ -61,6 +64,8 @@ __all__ = [
 ]
 
 FORMATS = ("torchscript", "pt2", "onnx")
+#: the format a file's suffix stands for (TorchScript files are conventionally ``.pt`` or ``.ts``)
+SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 log = logging.getLogger("retinanet.export")
 
@@ -128,10 +133,21 @@ def _metadata(det: LoadedDetector, fmt: str, size: Tuple[int, int], dtype: str, 
     }
 
 
+def format_for_path(out: Union[str, Path]) -> str:
+    """The export format named by ``out``'s suffix (``SUFFIX_FORMATS``); :class:`ExportError` if none."""
+    fmt = SUFFIX_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        known = ", ".join(f"{k} ({v})" for k, v in SUFFIX_FORMATS.items())
+        raise ExportError(
+            f"cannot tell the export format from the file name {str(out)!r}: name it {known}, or pass the format"
+        )
+    return fmt
+
+
 def export(
     weights: Union[str, Path],
     out: Union[str, Path],
-    fmt: str = "torchscript",
+    fmt: Optional[str] = None,
     config: Optional[str] = None,
     height: int = 256,
     width: int = 256,
@@ -140,7 +156,8 @@ def export(
     dynamic: bool = True,
     input_dtype: Optional[str] = None,
 ) -> ExportReport:
-    """Load ``weights`` (``config`` for files that carry none), write ``out`` in ``fmt`` and check it.
+    """Load ``weights`` (``config`` for files that carry none), write ``out`` in ``fmt`` (default: the
+    format of ``out``'s suffix, :func:`format_for_path`) and check it.
 
     ``height`` x ``width``: the example input size and the first check size (with ``dynamic=False``,
     pt2 and ONNX accept only it, at batch 1). ``input_dtype`` (``"uint8"`` or ``"float32"``): the image
@@ -149,6 +166,7 @@ def export(
     file is run and compared with the eager model (:class:`ExportError` on a difference, and the file
     is deleted).
     """
+    fmt = format_for_path(out) if fmt is None else fmt
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if input_dtype is not None and input_dtype not in INPUT_DTYPES:
@@ -198,7 +216,7 @@ def export(
     return report
 
 
-def export_model(weights: Union[str, Path], out: Union[str, Path], fmt: str = "torchscript", **kwargs: Any) -> Path:
+def export_model(weights: Union[str, Path], out: Union[str, Path], fmt: Optional[str] = None, **kwargs: Any) -> Path:
     """:func:`export`, returning the written path."""
     return export(weights, out, fmt, **kwargs).path
 
