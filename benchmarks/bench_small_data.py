@@ -19,12 +19,15 @@ no augmentation but the preset's multi-scale resize and flip, no EMA, the final 
 ``new``: the small-data preset (``mobilenet_v2_small_data``, checked equal to mobilenet_v2_cpu +
 :func:`new_overrides`). Test AP of the new runs is also read for the final weights (no best
 checkpoint), the raw weights (no EMA) and with horizontal-flip TTA, which costs no training run. The
-ablation removes or adds one thing to ``new`` at a time (one seed each unless ``--ablation-seeds``).
+ablation removes or adds one thing to ``new`` at a time (one seed each unless ``--ablation-seeds``),
+with the same evaluations and checkpoint choice, at the seeds of ``new`` runs; its table pairs each
+run with the ``new`` run of the same seed.
 Sizes are scaled down from the preset's 448-512 px and batch 8 (256 px, batch 4, the same for every
 run) so that a run of a few minutes on one thread has a few hundred steps.
 
     python benchmarks/bench_small_data.py --work /tmp/small_data --out small_data.json   # ~40 min
     python benchmarks/bench_small_data.py --quick                                        # ~1-2 min smoke
+    python benchmarks/bench_small_data.py --recipes new --steps 250 --seeds 3 --ablation-seeds 3  # ablation
 """
 
 from __future__ import annotations
@@ -80,9 +83,7 @@ QUICK = Plan(
     objects=(3, 6),
 )
 
-#: the new recipe's augmentations (what the small-data preset holds). Measured with this benchmark at 250
-#: steps (one seed): photometric pays (removing it: AP -0.10); random_crop (min_scale 0.5) and mosaic
-#: (p 0.5) do not at this length (removing them: AP +0.10 and +0.06), mosaic also costs step time.
+#: the new recipe's augmentations (what the small-data preset holds; the ablation's results: BENCHMARKS.md)
 NEW_AUGMENT = {"photometric": "{name: photometric, p: 0.8}"}
 NEW_SOLVER = ["solver.warmup_fraction=0.1", "solver.ema=true", "solver.ema_decay=0.99", "solver.ema_tau=50"]
 #: today's recipe: the preset before issue 16 (warmup of 500 steps whatever the run's length)
@@ -99,7 +100,7 @@ def new_overrides(drop: tuple[str, ...] = (), add: tuple[str, ...] = (), solver:
 #: ablation: one change to the new recipe (EMA, best checkpoint and TTA are read from the new runs)
 ABLATION = {
     "- photometric": new_overrides(drop=("photometric",)),
-    "- warmup 10% (500 steps)": new_overrides(solver=("solver.warmup_fraction=1.0",)),
+    "- warmup 10% (min(500, run))": new_overrides(solver=("solver.warmup_fraction=1.0",)),
     "+ random_crop": new_overrides(add=("{name: random_crop, p: 0.5, min_scale: 0.5}",)),
     "+ mosaic": new_overrides(add=("{name: mosaic, p: 0.5}",)),
     "+ expand": new_overrides(add=("{name: expand, p: 0.3, ratio: [1.0, 2.0]}",)),
@@ -311,15 +312,25 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_small_data", help="data (reused) and runs (replaced)")
     ap.add_argument("--out", default=None, help="write the results as JSON here (also after every run)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds of today / new (default 3)")
+    ap.add_argument(
+        "--recipes", nargs="+", choices=("today", "new"), default=["today", "new"], help="recipes run per seed"
+    )
     ap.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed .. first-seed + seeds - 1")
-    ap.add_argument("--ablation-seeds", type=int, default=None, help="seeds per ablation row (default 1; 0: none)")
-    ap.add_argument("--budget", type=int, default=None, help="seconds of training per run (default 130)")
+    ap.add_argument(
+        "--ablation-seeds", type=int, default=None, help="seeds per ablation row, the first ones (default 1; 0: none)"
+    )
+    ap.add_argument("--budget", type=int, default=None, help="seconds of training per run (default 150)")
     ap.add_argument(
         "--steps", type=int, default=None, help="a fixed number of steps per run instead of the time budget"
     )
     ap.add_argument("--new-preset", default="mobilenet_v2_small_data", help="preset of the new recipe")
     ap.add_argument("--new-from-overrides", action="store_true", help="new = mobilenet_v2_cpu + NEW_OVERRIDES")
+    ap.add_argument("--table", default=None, help="only print the tables of a results JSON (--out) and exit")
     args = ap.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print_tables(saved, Plan(**{**saved["plan"], "objects": tuple(saved["plan"]["objects"])}))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     plan = QUICK if args.quick else FULL
     plan = replace(
@@ -329,6 +340,8 @@ def main() -> None:
         budget_s=args.budget or plan.budget_s,
         steps=args.steps,
     )
+    if plan.ablation_seeds and "new" not in args.recipes:
+        ap.error("the ablation needs the new recipe (its base) in --recipes")
     work = Path(args.work) / ("quick" if args.quick else "full")
     t0 = time.perf_counter()
     data = build_data(work, plan)
@@ -339,25 +352,29 @@ def main() -> None:
     else:
         new = (args.new_preset, eval_overrides)
     _check_preset(new[0], plan, data, work)
-    recipes: dict[str, tuple[str, list[str]]] = {"today": ("mobilenet_v2_cpu", TODAY_OVERRIDES), "new": new}
+    recipes = {
+        k: v for k, v in {"today": ("mobilenet_v2_cpu", TODAY_OVERRIDES), "new": new}.items() if k in args.recipes
+    }
     res: dict[str, Any] = {"plan": asdict(plan), "new_recipe": new, "runs": [], "seconds_data": round(t_data, 1)}
+    res["recipes"] = list(recipes)
 
     def save() -> None:
         res["seconds_total"] = round(time.perf_counter() - t0, 1)
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
 
-    for seed in range(
-        args.first_seed, args.first_seed + plan.seeds
-    ):  # interleaved, so that a slower spell of the machine hits both
+    # recipes interleaved per seed, so that a slower spell of the machine hits all; the ablation runs at
+    # the first seeds, each right after the new run it is paired with
+    for i in range(max(plan.seeds, plan.ablation_seeds)):
+        seed = args.first_seed + i
         for name, (preset, extra) in recipes.items():
-            res["runs"].append(run_one(name, preset, extra, seed, plan, data, work, variants=name == "new"))
-            save()
-    for seed in range(plan.ablation_seeds):
+            if i < plan.seeds or name == "new":
+                res["runs"].append(run_one(name, preset, extra, seed, plan, data, work, variants=name == "new"))
+                save()
+        if i >= plan.ablation_seeds:
+            continue
         for name, extra in ABLATION.items():
-            res["runs"].append(
-                run_one(name, "mobilenet_v2_cpu", TODAY_OVERRIDES + extra, seed, plan, data, work, False)
-            )
+            res["runs"].append(run_one(name, "mobilenet_v2_cpu", extra + eval_overrides, seed, plan, data, work, False))
             save()
     res["machine"] = machine_info()
     save()
@@ -389,18 +406,42 @@ def print_tables(res: dict[str, Any], plan: Plan) -> None:
                 print(f"| {label} | {s['n']} | {s['steps_mean']:.0f} | {_fmt(s, 'AP')} | {_fmt(s, 'AP50')} |")
     abl = [n for n in by if n not in ("today", "new")]
     if abl and "new" in by:
-        base = _stats([r for r in by["new"] if r["seed"] < plan.ablation_seeds] or by["new"])
-        print("\nablation: one change to the new recipe (the new recipe at the same seeds as the base)")
-        print("| change | seeds | steps | test AP | ΔAP vs new | test AP50 | ΔAP50 |")
-        print("|---|---|---|---|---|---|---|")
-        b_ap, b_ap50 = base["AP"]["mean"], base["AP50"]["mean"]
-        print(f"| (new) | {base['n']} | {base['steps_mean']:.0f} | {b_ap:.3f} | - | {b_ap50:.3f} | - |")
-        for n in abl:
-            s = _stats(by[n])
-            ap, ap50 = s["AP"]["mean"], s["AP50"]["mean"]
-            cells = [n, str(s["n"]), f"{s['steps_mean']:.0f}", f"{ap:.3f}", f"{ap - b_ap:+.3f}", f"{ap50:.3f}"]
-            print("| " + " | ".join([*cells, f"{ap50 - b_ap50:+.3f}"]) + " |")
+        print_ablation({n: by[n] for n in abl}, by["new"])
     print(f"total {res.get('seconds_total', 0):.0f} s (data {res['seconds_data']:.0f} s)")
+
+
+def _mean_std(v: list[float]) -> str:
+    return f"{statistics.fmean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def _paired(d: list[float]) -> str:
+    """Mean (min..max) of per-seed differences."""
+    return f"{statistics.fmean(d):+.3f} ({min(d):+.3f}..{max(d):+.3f})" if len(d) > 1 else f"{d[0]:+.3f}"
+
+
+def print_ablation(rows: dict[str, list[dict[str, Any]]], new: list[dict[str, Any]]) -> None:
+    """Ablation table: test AP / AP50 mean ± std over seeds and the difference to the new run of the
+    same seed (mean, min..max over seeds); the base row is the new runs at the ablation's seeds."""
+    base = {r["seed"]: r for r in new}
+    seeds = sorted({r["seed"] for rs in rows.values() for r in rs} & set(base))
+    print("\nablation: one change to the new recipe; Δ: paired with the new run of the same seed, mean (min..max)")
+    print("| change | seeds | steps | test AP (mean ± std) | ΔAP | test AP50 | ΔAP50 |")
+    print("|---|---|---|---|---|---|---|")
+    b = [base[s] for s in seeds]
+    cells = [_mean_std([r["test"][m] for r in b]) for m in ("AP", "AP50")]
+    steps = statistics.fmean(r["steps"] for r in b)
+    print(f"| (new) | {len(b)} | {steps:.0f} | {cells[0]} | - | {cells[1]} | - |")
+    for name, rs in rows.items():
+        rs = [r for r in rs if r["seed"] in base]
+        if not rs:
+            continue
+        out = [name, str(len(rs)), f"{statistics.fmean(r['steps'] for r in rs):.0f}"]
+        for m in ("AP", "AP50"):
+            out += [
+                _mean_std([r["test"][m] for r in rs]),
+                _paired([r["test"][m] - base[r["seed"]]["test"][m] for r in rs]),
+            ]
+        print("| " + " | ".join(out) + " |")
 
 
 if __name__ == "__main__":
