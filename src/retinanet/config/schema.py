@@ -188,11 +188,12 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    """Test-time augmentation at evaluation and prediction (off by default)."""
+    """Test-time augmentation and precision at evaluation and prediction (off by default)."""
 
     tta: tuple[Union[str, int], ...] = ()  # "hflip" and/or extra shorter-side sizes, e.g. [hflip, 640, 1024]
     tta_merge: str = "nms"  # nms | wbf (weighted box fusion)
     tta_iou: float = 0.55  # IoU above which views' boxes of one class are merged
+    amp: str = "off"  # off | bf16: the network in bfloat16 at evaluation and prediction (AMX CPUs, CUDA)
 
 
 @dataclass

@@ -63,6 +63,7 @@ def validate(cfg: Config) -> None:
     )
     _check(cfg.test.tta_merge in ("nms", "wbf"), "test.tta_merge", "must be nms or wbf", cfg.test.tta_merge)
     _check(0 < cfg.test.tta_iou <= 1, "test.tta_iou", "must be in (0, 1]", cfg.test.tta_iou)
+    _check(cfg.test.amp in ("off", "bf16"), "test.amp", "must be off or bf16", cfg.test.amp)
     _check(m.num_classes >= 1, "model.num_classes", "must be >= 1", m.num_classes)
     _check(
         len(m.pixel_mean) == 3 and all(math.isfinite(v) for v in m.pixel_mean),

@@ -24,6 +24,7 @@ from torch import nn
 from retinanet.config import Config
 from retinanet.data.build import build_eval_loader
 from retinanet.inference.loop import evaluate
+from retinanet.inference.precision import with_amp
 from retinanet.inference.tta import with_tta
 from retinanet.training.best import BestMetric
 from retinanet.training.metrics import MetricsLog
@@ -51,7 +52,7 @@ def evaluate_during_training(
     loader = build_eval_loader(val_set, cfg, rank=rank, world_size=world)
     m = cfg.model
     metrics = evaluate(
-        with_tta(model.fuse_for_inference(), cfg),  # type: ignore[operator]
+        with_amp(with_tta(model.fuse_for_inference(), cfg), cfg),  # type: ignore[operator]
         loader,
         val_set,
         device,
