@@ -26,7 +26,16 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively (a CPU without it emulates it, slower than fp32)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: absent in some builds
+    return bool(check()) if check is not None else False
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where ``model``'s tensors live (a BN-folded model holds buffers only)."""
+    tensor = next(iter(model.buffers()), None)
+    if tensor is None:
+        tensor = next(iter(model.parameters()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _to_float32(x: Any) -> Any:
@@ -48,10 +57,7 @@ class Autocast(nn.Module):
         self.dtype = dtype
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        tensor = next(iter(self.model.buffers()), None)
-        if tensor is None:
-            tensor = next(iter(self.model.parameters()))
-        with torch.autocast(tensor.device.type, dtype=self.dtype):
+        with torch.autocast(_device(self.model).type, dtype=self.dtype):
             out = self.model(*args, **kwargs)
         return _to_float32(out)
 
@@ -65,8 +71,7 @@ def with_amp(model: nn.Module, cfg: Config) -> nn.Module:
     """``model`` wrapped as ``cfg.test.amp`` says (``off``: ``model`` itself; ``bf16``: :class:`Autocast`)."""
     if cfg.test.amp == "off":
         return model
-    device = next(iter(model.buffers()), next(iter(model.parameters()), None))
-    if device is not None and not native_bf16(device.device):
+    if not native_bf16(_device(model)):
         log.warning("test.amp=bf16 on a device without native bfloat16: emulated, slower than float32")
     wrapped = Autocast(model, torch.bfloat16)
     wrapped.training = model.training
