@@ -19,7 +19,9 @@ the parameter counts, the trainable parameter counts and the detections of both.
 Variants (``--variants``): ``tv`` (torchvision as built), ``tv_cl`` (torchvision with
 ``model.to(memory_format=torch.channels_last)``), ``ours`` (ours, NCHW, as the preset), ``ours_cl`` (ours
 with ``model.channels_last: true``, the default of our other presets), ``ours_fused`` (``ours_cl``
-after ``fuse_for_inference()``, what ``Predictor`` runs; inference only).
+after ``fuse_for_inference()``: BN folded, direct convolutions, what ``Predictor`` runs with
+``test.winograd: false``) and ``ours_wino`` (``fuse_for_inference(winograd=True)``: the large 3x3 convs
+through Winograd F(4x4, 3x3), what ``Predictor`` runs by default); the last two are inference only.
 
 Sections: ``infer`` per size, batch 1, raw RGB 0-1 input of exactly that size (torchvision's transform
 resizes by 1.0), the whole forward call; network = backbone + FPN + head (forward hooks), the rest is
@@ -59,7 +61,8 @@ from _common import machine_info, peak_rss_mb, release_free_memory, reset_peak_r
 from summarize import peer_goals, peer_markdown  # noqa: E402
 
 PRESET = "torchvision_retinanet_resnet50_fpn"
-VARIANTS = ("tv", "tv_cl", "ours", "ours_cl", "ours_fused")
+VARIANTS = ("tv", "tv_cl", "ours", "ours_cl", "ours_fused", "ours_wino")
+INFERENCE_ONLY = ("ours_fused", "ours_wino")
 TRAIN_SIZE, TRAIN_BATCH, TRAIN_BOXES = 512, 2, 5
 COUNTS: dict[str, list[int]] = {}  # boxes into NMS per call, per library ("tv" / "ours")
 
@@ -123,7 +126,9 @@ def build(variant: str, sd: dict[str, torch.Tensor], min_size: int, max_size: in
     cfg.model.channels_last = variant != "ours"
     ours = RetinaNet.from_config(cfg)
     load_model_state(ours, sd)
-    return ours.eval().fuse_for_inference() if variant == "ours_fused" else ours.eval()
+    if variant in INFERENCE_ONLY:
+        return ours.eval().fuse_for_inference(winograd=variant == "ours_wino")
+    return ours.eval()
 
 
 def facts(model: torch.nn.Module) -> dict[str, Any]:
@@ -360,7 +365,7 @@ def bench_memory(args, cases: list[str]) -> list[dict]:
     out = []
     for case in cases:
         for v in [v for v in args.memory_variants.split(",") if v]:
-            if case == "train" and v == "ours_fused":
+            if case == "train" and v in INFERENCE_ONLY:
                 continue
             cmd = [
                 sys.executable,
@@ -392,7 +397,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--sections", default="infer,post,train,memory")
     ap.add_argument("--sizes", default="512x512,800x1333")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--memory-variants", default="tv,ours,ours_cl,ours_fused")
+    ap.add_argument("--memory-variants", default="tv,ours,ours_cl,ours_fused,ours_wino")
     ap.add_argument("--runs", type=int, default=5, help="timed rounds per inference size")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--post-runs", type=int, default=10)
@@ -430,7 +435,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         res["post"] = [bench_post(sd, (h, w), th, args.post_runs) for h, w in sizes]
     if "train" in sections:
         res["train"] = bench_train(
-            args.seed, [v for v in variants if v != "ours_fused"], args.train_runs, args.train_warmup
+            args.seed, [v for v in variants if v not in INFERENCE_ONLY], args.train_runs, args.train_warmup
         )
     if "memory" in sections:
         res["memory"] = bench_memory(args, [f"{h}x{w}" for h, w in sizes] + ["train"])

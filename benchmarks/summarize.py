@@ -190,7 +190,8 @@ NAMES = {
     "tv_cl": "torchvision, channels_last",
     "ours": "ours (NCHW, the preset)",
     "ours_cl": "ours, channels_last",
-    "ours_fused": "ours, channels_last, BN folded (Predictor)",
+    "ours_fused": "ours, channels_last, BN folded, direct convs (Predictor, test.winograd: false)",
+    "ours_wino": "ours, channels_last, BN folded, Winograd 3x3 (Predictor, the default)",
 }
 GOAL = 1.25  # issue 18: inference and training at least 1.25x faster than torchvision like-for-like
 

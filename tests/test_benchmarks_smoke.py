@@ -55,3 +55,21 @@ def test_bench_tuning_quick_measures_each_kept_tuning_against_its_fallback(tmp_p
     assert reuse["reuse"]["cpu"]["n"] == reuse["no_reuse"]["cpu"]["n"] == 3
     assert reuse["no_reuse"]["cpu_ratio"]["median"] > 0
     assert reuse["reuse"]["peak_mb"] is None or reuse["reuse"]["peak_mb"] > 0
+
+
+def test_bench_winograd_quick_compares_each_conv_with_the_direct_one(tmp_path: Path) -> None:
+    out = tmp_path / "w.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_winograd.py"), "--quick", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=600,
+    )
+    res = json.loads(out.read_text())
+    assert len(res["convs"]) >= 8
+    for row in res["convs"]:
+        assert row["direct"]["median_ms"] > 0 and row["winograd"]["median_ms"] > 0
+        assert row["rel_err_winograd"] < 5e-5, row  # what is timed computes the same convolution
+    (net,) = res["network"]
+    assert net["size"] == [128, 128] and net["max_abs_diff_head_outputs"] < 1e-3

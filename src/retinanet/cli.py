@@ -100,10 +100,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from retinanet.config import load_config
     from retinanet.data.build import build_dataset, build_eval_loader
-    from retinanet.inference.loop import evaluate
-    from retinanet.inference.precision import with_amp
+    from retinanet.inference.loop import evaluate, inference_model
     from retinanet.inference.predictor import load_detector
-    from retinanet.inference.tta import with_tta
     from retinanet.utils import distributed
     from retinanet.utils.io import atomic_write_json
     from retinanet.utils.tuning import configure_runtime
@@ -117,7 +115,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     finished = False
     try:
         dataset = build_dataset(cfg, train=False)
-        model = with_amp(with_tta(det.model.fuse_for_inference(inplace=True), cfg), cfg)
+        model = inference_model(det.model, cfg, inplace=True)
         coco_ids = det.label_to_category_id if cfg.model.label_space == "coco_category_ids" else None
         loader = build_eval_loader(dataset, cfg, rank=distributed.rank(), world_size=distributed.world_size())
         out = Path(args.out or Path(args.weights).parent)

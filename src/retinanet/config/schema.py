@@ -188,12 +188,13 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    """Test-time augmentation and precision at evaluation and prediction (off by default)."""
+    """Test-time augmentation, precision and convolution algorithm at evaluation and prediction."""
 
     tta: tuple[Union[str, int], ...] = ()  # "hflip" and/or extra shorter-side sizes, e.g. [hflip, 640, 1024]
     tta_merge: str = "nms"  # nms | wbf (weighted box fusion)
     tta_iou: float = 0.55  # IoU above which views' boxes of one class are merged
     amp: str = "off"  # off | bf16: the network in bfloat16 at evaluation and prediction (AMX CPUs, CUDA)
+    winograd: bool = True  # large 3x3 convs through Winograd F(4x4, 3x3) at evaluation/prediction (CPU, fp32)
 
 
 @dataclass

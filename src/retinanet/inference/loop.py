@@ -6,8 +6,10 @@ runs that over this process's share of a dataset, gathers every process's detect
 them as a COCO results json and returns the COCO metrics (AP, AP50, AP75, APs, APm, APl, AR1, AR10,
 AR100, ARs, ARm, ARl, per-class AP). Other ranks return an empty dict.
 
-The model is run as given (eval mode for the loop, its training mode restored after); pass
-``model.fuse_for_inference()`` for the faster BN-folded copy.
+The model is run as given (eval mode for the loop, its training mode restored after).
+``inference_model(model, cfg)`` is the form evaluation and prediction run: the BN-folded copy
+(``fuse_for_inference``, Winograd convs per ``test.winograd``) inside the ``test.tta`` and ``test.amp``
+wrappers.
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from retinanet.config import Config
 from retinanet.inference.evaluator import CocoEvaluator
+from retinanet.inference.precision import with_amp
+from retinanet.inference.tta import with_tta
 from retinanet.utils import distributed
 
-__all__ = ["predict_batches", "evaluate"]
+__all__ = ["predict_batches", "evaluate", "inference_model"]
 
 log = logging.getLogger("retinanet.eval")
+
+
+def inference_model(model: nn.Module, cfg: Config, inplace: bool = False) -> nn.Module:
+    """``model`` (a RetinaNet) as evaluation and prediction run it: BN folded, the large 3x3 convs through
+    Winograd where ``cfg.test.winograd``, then the ``test.tta`` and ``test.amp`` wrappers."""
+    fused = model.fuse_for_inference(inplace=inplace, winograd=cfg.test.winograd)  # type: ignore[operator]
+    return with_amp(with_tta(fused, cfg), cfg)
 
 
 def predict_batches(

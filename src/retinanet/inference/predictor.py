@@ -36,8 +36,7 @@ from retinanet.data.build import eval_transforms
 from retinanet.data.categories import label_table
 from retinanet.data.collate import collate
 from retinanet.data.image_io import load_image
-from retinanet.inference.precision import with_amp
-from retinanet.inference.tta import with_tta
+from retinanet.inference.loop import inference_model
 from retinanet.modeling.retinanet import RetinaNet
 from retinanet.modeling.state_dict import canonical_state_dict, describe_state, load_model_state, matching_presets
 from retinanet.utils.device import resolve_device
@@ -226,7 +225,7 @@ class Predictor:
         self.device = det.device
         self.model = det.model
         # predict runs a BN-folded copy (same detections up to float rounding, faster on CPU)
-        self.inference_model = with_amp(with_tta(self.model.fuse_for_inference(), self.cfg), self.cfg)
+        self.inference_model = inference_model(self.model, self.cfg)
         self.class_names: list[str] = det.class_names
         self.label_to_category_id: list[int] = det.label_to_category_id
         self.transforms = eval_transforms(self.cfg)

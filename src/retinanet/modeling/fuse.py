@@ -27,10 +27,15 @@ from torch import Tensor, nn
 
 from retinanet.modeling.norm import FrozenBatchNorm2d, fold_frozen_bn
 from retinanet.modeling.resnet import BasicBlock, Bottleneck, ResNet
+from retinanet.ops.winograd import winograd_applies, winograd_conv3x3, winograd_weights
 
-__all__ = ["FusedConv2d", "fuse_for_inference"]
+__all__ = ["FusedConv2d", "fuse_for_inference", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_POSITIONS"]
 
 _ACTS = (None, "relu", "relu6")
+
+# Where Winograd beats oneDNN's direct conv (benchmarks/bench_winograd.py, BENCHMARKS.md)
+WINOGRAD_MIN_CHANNELS = 256
+WINOGRAD_MIN_POSITIONS = 256
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -40,11 +45,14 @@ class FusedConv2d(nn.Module):
 
     ``forward(x, residual=None)``: ``x [B, C_in, H, W]``; ``residual`` (optional) of the output's shape
     is added before the activation (ResNet shortcut). ``act`` is None, ``"relu"`` or ``"relu6"``.
-    Weights are buffers (nothing trainable).
+    Weights are buffers (nothing trainable). After :meth:`use_winograd`, a 3x3 stride-1 conv runs
+    through :func:`~retinanet.ops.winograd.winograd_conv3x3` where that applies (float32 CPU input of at
+    least ``winograd_min_positions`` positions, no autocast), else ``F.conv2d``.
     """
 
     weight: Tensor
     bias: Tensor
+    winograd_u: Optional[Tensor]
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[FrozenBatchNorm2d] = None, act: Optional[str] = None) -> None:
         super().__init__()
@@ -78,6 +86,23 @@ class FusedConv2d(nn.Module):
         self.dilation = list(conv.dilation)
         self.groups = conv.groups
         self.act = act
+        self.register_buffer("winograd_u", None, persistent=False)
+        self.winograd_min_positions = 0
+
+    def use_winograd(self, min_positions: int = WINOGRAD_MIN_POSITIONS) -> bool:
+        """Precompute the Winograd-domain weights if this is a 3x3, stride-1, padding-1, undilated,
+        ungrouped conv; returns whether it will use them (on inputs of >= ``min_positions`` positions)."""
+        plain_3x3 = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups) == (
+            (3, 3),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+        )
+        if plain_3x3:
+            self.winograd_u = winograd_weights(self.weight)
+            self.winograd_min_positions = min_positions
+        return plain_3x3
 
     def extra_repr(self) -> str:
         return (
@@ -86,9 +111,12 @@ class FusedConv2d(nn.Module):
         )
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        y = F.conv2d(
-            x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding, self.dilation, self.groups
-        )
+        if self.winograd_u is not None and winograd_applies(x, self.winograd_min_positions):
+            y = winograd_conv3x3(x, self.winograd_u, self.bias)
+        else:
+            y = F.conv2d(
+                x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding, self.dilation, self.groups
+            )
         if residual is not None:
             y = y.add_(residual) if not (torch.is_grad_enabled() and y.requires_grad) else y + residual
         if self.act == "relu":
@@ -201,12 +229,21 @@ def _fuse_tree(module: nn.Module) -> None:
             setattr(module, name, FusedConv2d(child))
 
 
-def fuse_for_inference(module: M, inplace: bool = False) -> M:
-    """The inference-fused form of ``module`` (see the module doc); eval mode, no gradients."""
+def fuse_for_inference(module: M, inplace: bool = False, winograd: bool = False) -> M:
+    """The inference-fused form of ``module`` (see the module doc); eval mode, no gradients.
+
+    ``winograd``: 3x3 stride-1 convs with at least ``WINOGRAD_MIN_CHANNELS`` input channels (FPN
+    outputs, head towers and output convs, ResNet res4/res5) run through Winograd F(4x4, 3x3) on maps
+    of at least ``WINOGRAD_MIN_POSITIONS`` positions (CPU, float32; :mod:`retinanet.ops.winograd`).
+    """
     if not inplace:
         module = copy.deepcopy(module)
     module.eval()
     _fuse_tree(module)
+    if winograd:
+        for m in module.modules():
+            if isinstance(m, FusedConv2d) and m.in_channels >= WINOGRAD_MIN_CHANNELS:
+                m.use_winograd()
     for p in module.parameters():
         p.requires_grad_(False)
     return module

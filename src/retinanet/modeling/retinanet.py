@@ -155,13 +155,14 @@ class RetinaNet(nn.Module):
             ohem_pos_fraction=m.ohem_pos_fraction,
         )
 
-    def fuse_for_inference(self, inplace: bool = False) -> "RetinaNet":
+    def fuse_for_inference(self, inplace: bool = False, winograd: bool = False) -> "RetinaNet":
         """An inference-only copy (or, with ``inplace``, this model) with every FrozenBatchNorm2d folded
         into its conv (:mod:`retinanet.modeling.fuse`); same detections up to float rounding. It is in
-        eval mode and refuses ``train()``; keep the unfused model for checkpoints, training and export."""
+        eval mode and refuses ``train()``; keep the unfused model for checkpoints, training and export.
+        ``winograd``: the large 3x3 convs run through Winograd F(4x4, 3x3) on the CPU (``test.winograd``)."""
         from retinanet.modeling.fuse import fuse_for_inference
 
-        model = fuse_for_inference(self, inplace=inplace)
+        model = fuse_for_inference(self, inplace=inplace, winograd=winograd)
         model.fused = True
         return model
 

@@ -23,9 +23,7 @@ from torch import nn
 
 from retinanet.config import Config
 from retinanet.data.build import build_eval_loader
-from retinanet.inference.loop import evaluate
-from retinanet.inference.precision import with_amp
-from retinanet.inference.tta import with_tta
+from retinanet.inference.loop import evaluate, inference_model
 from retinanet.training.best import BestMetric
 from retinanet.training.metrics import MetricsLog
 from retinanet.utils import distributed
@@ -52,7 +50,7 @@ def evaluate_during_training(
     loader = build_eval_loader(val_set, cfg, rank=rank, world_size=world)
     m = cfg.model
     metrics = evaluate(
-        with_amp(with_tta(model.fuse_for_inference(), cfg), cfg),  # type: ignore[operator]
+        inference_model(model, cfg),
         loader,
         val_set,
         device,
