@@ -11,7 +11,10 @@ once per size. Batch 1, raw RGB
 0-1 input of exactly the size given. Variants per round, in rotating order:
 
 - ``eager``: the model as exported (unfused, NCHW), ``model(images)``;
-- ``eager_fused_cl``: ``fuse_for_inference()`` with channels_last, what ``Predictor`` runs;
+- ``eager_fused_cl``: ``fuse_for_inference()`` with channels_last, direct convolutions (what ``Predictor``
+  runs with ``test.winograd: false``);
+- ``eager_wino``: ``fuse_for_inference(winograd=True)`` with channels_last, what ``Predictor`` runs by
+  default (large 3x3 convs through Winograd F(4x4, 3x3));
 - ``ort``: ``onnxruntime.InferenceSession`` on the file (all graph optimizations, ``--threads`` intra-op
   threads, 1 inter-op); what the file computes is named by its outputs: the whole detector (boxes,
   scores, labels, num_detections) or, in files without NMS, the network (cls_logits, box_deltas), in
@@ -154,8 +157,10 @@ def bench_size(wfile: str, folder: str, size: tuple[int, int], args, bf16: bool,
     res.update({"onnx_outputs": names, "scope": scope, "onnx_mb": round(os.path.getsize(onnx_path) / 2**20, 1)})
     model = load_detector(wfile, config=PRESET, device="cpu").model.eval()
     fused = model.fuse_for_inference()
-    fused.channels_last = True
-    fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    wino = model.fuse_for_inference(winograd=True)
+    for m in (fused, wino):
+        m.channels_last = True
+        m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     images = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     sizes = torch.tensor([[h, w]], dtype=torch.int64)
     div = model.size_divisibility
@@ -174,6 +179,7 @@ def bench_size(wfile: str, folder: str, size: tuple[int, int], args, bf16: bool,
     fns: dict[str, Callable[[], Any]] = {
         "eager": eager_fn(model),
         "eager_fused_cl": eager_fn(fused),
+        "eager_wino": eager_fn(wino),
         "ort": lambda: sess.run(None, feed),
     }
     if bf16:
@@ -199,6 +205,7 @@ def bench_size(wfile: str, folder: str, size: tuple[int, int], args, bf16: bool,
     for c in ("wall", "cpu"):
         res[f"eager_over_{c}"] = {k: paired(samples[c]["eager"], v) for k, v in samples[c].items()}
         res[f"eager_fused_cl_over_ort_{c}"] = paired(samples[c]["eager_fused_cl"], samples[c]["ort"])
+        res[f"eager_wino_over_ort_{c}"] = paired(samples[c]["eager_wino"], samples[c]["ort"])
     return res
 
 
@@ -239,12 +246,13 @@ def markdown(res: dict[str, Any]) -> str:
         f"onnxruntime {res.get('onnxruntime')}; bf16 native: {b['native']} {b['flags']}; {res['started']}",
         "",
         "| input | back-end | scope | CPU ms, median [min-max] | wall ms | eager / this, CPU | wall "
-        "| Predictor path / this, CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "| direct-conv Predictor / this, CPU | Winograd Predictor / this, CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "eager": "eager fp32 (unfused, NCHW)",
-        "eager_fused_cl": "eager fp32 (Predictor: BN folded, channels_last)",
+        "eager_fused_cl": "eager fp32 (BN folded, channels_last, direct convs)",
+        "eager_wino": "eager fp32 (Predictor: BN folded, channels_last, Winograd)",
         "ort": "ONNX Runtime fp32",
         "eager_bf16": "eager bf16 autocast" + ("" if b["native"] else " (emulated: no native bf16, not a figure)"),
     }
@@ -255,10 +263,14 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {r['input']} | {names[k]} | {r['scope']} | **{c['median_ms']:.1f}** [{c['min_ms']:.1f}-"
                 f"{c['max_ms']:.1f}] | {w['median_ms']:.1f} | {r['eager_over_cpu'][k]:.2f} | "
                 f"{r['eager_over_wall'][k]:.2f} | "
-                + (f"{r['eager_fused_cl_over_ort_cpu']:.2f} |" if k == "ort" else " |")
+                + (
+                    f"{r['eager_fused_cl_over_ort_cpu']:.2f} | {r['eager_wino_over_ort_cpu']:.2f} |"
+                    if k == "ort"
+                    else " | |"
+                )
             )
         if "eager_bf16" not in r["variants"]:
-            lines.append(f"| {r['input']} | eager bf16 autocast | | not supported on this CPU | | | | |")
+            lines.append(f"| {r['input']} | eager bf16 autocast | | not supported on this CPU | | | | | |")
     ap = res.get("ap")
     if ap:
         how = " (bf16 emulated: no native bf16 on this CPU)" if ap["bf16_emulated"] else ""
