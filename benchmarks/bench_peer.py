@@ -17,11 +17,13 @@ tool: every level fills its top-1000 at 0.05, so both send the same 5000 boxes i
 the parameter counts, the trainable parameter counts and the detections of both.
 
 Variants (``--variants``): ``tv`` (torchvision as built), ``tv_cl`` (torchvision with
-``model.to(memory_format=torch.channels_last)``), ``ours`` (ours, NCHW, as the preset), ``ours_cl`` (ours
-with ``model.channels_last: true``, the default of our other presets), ``ours_fused`` (``ours_cl``
-after ``fuse_for_inference()``: BN folded, direct convolutions, what ``Predictor`` runs with
-``test.winograd: false``) and ``ours_wino`` (``fuse_for_inference(winograd=True)``: the large 3x3 convs
-through Winograd F(4x4, 3x3), what ``Predictor`` runs by default); the last two are inference only.
+``model.to(memory_format=torch.channels_last)``), ``ours`` (ours, NCHW, as the preset: its wide 3x3
+convs through Winograd F(4x4, 3x3), ``model.winograd: true``), ``ours_cl`` (the same with
+``model.channels_last: true``, the default of our other presets), ``ours_direct`` / ``ours_cl_direct``
+(those two with ``model.winograd: false``: oneDNN's direct convolutions, as torchvision), ``ours_fused``
+(``ours_cl`` after ``fuse_for_inference(winograd=False)``: BN folded, direct convolutions) and
+``ours_wino`` (``fuse_for_inference()``: BN folded, Winograd, what ``Predictor`` runs by default); the
+last two are inference only.
 
 Sections: ``infer`` per size, batch 1, raw RGB 0-1 input of exactly that size (torchvision's transform
 resizes by 1.0), the whole forward call; network = backbone + FPN + head (forward hooks), the rest is
@@ -61,7 +63,7 @@ from _common import machine_info, peak_rss_mb, release_free_memory, reset_peak_r
 from summarize import peer_goals, peer_markdown  # noqa: E402
 
 PRESET = "torchvision_retinanet_resnet50_fpn"
-VARIANTS = ("tv", "tv_cl", "ours", "ours_cl", "ours_fused", "ours_wino")
+VARIANTS = ("tv", "tv_cl", "ours", "ours_cl", "ours_direct", "ours_cl_direct", "ours_fused", "ours_wino")
 INFERENCE_ONLY = ("ours_fused", "ours_wino")
 TRAIN_SIZE, TRAIN_BATCH, TRAIN_BOXES = 512, 2, 5
 COUNTS: dict[str, list[int]] = {}  # boxes into NMS per call, per library ("tv" / "ours")
@@ -123,7 +125,8 @@ def build(variant: str, sd: dict[str, torch.Tensor], min_size: int, max_size: in
     from retinanet.modeling.state_dict import load_model_state
 
     cfg = load_config(PRESET)
-    cfg.model.channels_last = variant != "ours"
+    cfg.model.channels_last = variant not in ("ours", "ours_direct")
+    cfg.model.winograd = not variant.endswith("_direct")
     ours = RetinaNet.from_config(cfg)
     load_model_state(ours, sd)
     if variant in INFERENCE_ONLY:

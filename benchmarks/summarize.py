@@ -188,9 +188,11 @@ def main(path: str) -> None:
 NAMES = {
     "tv": "torchvision",
     "tv_cl": "torchvision, channels_last",
-    "ours": "ours (NCHW, the preset)",
-    "ours_cl": "ours, channels_last",
-    "ours_fused": "ours, channels_last, BN folded, direct convs (Predictor, test.winograd: false)",
+    "ours": "ours (NCHW, the preset: Winograd 3x3)",
+    "ours_cl": "ours, channels_last (Winograd 3x3)",
+    "ours_direct": "ours, NCHW, direct convs (model.winograd: false)",
+    "ours_cl_direct": "ours, channels_last, direct convs (model.winograd: false)",
+    "ours_fused": "ours, channels_last, BN folded, direct convs (Predictor with model.winograd: false)",
     "ours_wino": "ours, channels_last, BN folded, Winograd 3x3 (Predictor, the default)",
 }
 GOAL = 1.25  # issue 18: inference and training at least 1.25x faster than torchvision like-for-like

@@ -133,7 +133,7 @@ def measure_ms_per_image(checkpoint: Path, cfg: Config, images: int, warmup: int
     c = copy.deepcopy(cfg)
     c.data.test_batch_size, c.data.num_workers = 1, 0
     det = load_detector(checkpoint, config=c, device=c.train.device)
-    model = det.model.fuse_for_inference(inplace=True, winograd=c.test.winograd).eval()
+    model = det.model.fuse_for_inference(inplace=True).eval()
     dataset = build_dataset(c, train=False)
     loader = build_eval_loader(dataset, c)
     cuda = det.device.type == "cuda"

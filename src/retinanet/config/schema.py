@@ -104,6 +104,7 @@ class ModelConfig:
     detections_per_image: int = 100
     # runtime
     channels_last: bool = True  # NHWC memory layout for the convolutions (same results, ~20% faster on CPU)
+    winograd: bool = True  # 3x3 convs of >= 256 channels as Winograd F(4x4, 3x3) on the CPU (float32), train + test
 
 
 @dataclass
@@ -188,13 +189,12 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    """Test-time augmentation, precision and convolution algorithm at evaluation and prediction."""
+    """Test-time augmentation and precision at evaluation and prediction (off by default)."""
 
     tta: tuple[Union[str, int], ...] = ()  # "hflip" and/or extra shorter-side sizes, e.g. [hflip, 640, 1024]
     tta_merge: str = "nms"  # nms | wbf (weighted box fusion)
     tta_iou: float = 0.55  # IoU above which views' boxes of one class are merged
     amp: str = "off"  # off | bf16: the network in bfloat16 at evaluation and prediction (AMX CPUs, CUDA)
-    winograd: bool = True  # large 3x3 convs through Winograd F(4x4, 3x3) at evaluation/prediction (CPU, fp32)
 
 
 @dataclass

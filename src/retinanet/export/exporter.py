@@ -48,6 +48,7 @@ from retinanet.export.common import METADATA_FILE, ExportError, write_atomic
 from retinanet.export.detector import DetectorNetwork, DetectorSpec, ExportableDetector
 from retinanet.inference.predictor import LoadedDetector, load_detector
 from retinanet.inference.runtime import PaddedRunner, onnx_runner, onnx_session
+from retinanet.modeling.conv import set_winograd, winograd_disabled
 from retinanet.modeling.retinanet import RetinaNet
 
 __all__ = [
@@ -84,7 +85,7 @@ def build_torchscript(model: RetinaNet, height: int = 256, width: int = 256) -> 
     model = model.eval()
     images, sizes = check_examples(height, width, torch.float32, dynamic=False)[0]
     network = DetectorNetwork(model).eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), winograd_disabled(model):
         warnings.simplefilter("ignore")  # tracer warnings of shape checks; torch.jit deprecation
         traced = torch.jit.trace(network, (images, sizes), check_trace=False)
         return torch.jit.script(ExportableDetector(traced, DetectorSpec.of(model)))
@@ -179,6 +180,7 @@ def export(
     if det.cfg.test.tta:
         log.warning("test.tta=%s is not exported: the file runs the model on each image once", list(det.cfg.test.tta))
     model = det.model.eval().requires_grad_(False)  # an exporter may turn weights into numpy arrays
+    set_winograd(model, False)  # files hold plain convolutions (runtimes choose their own algorithms)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if input_dtype is None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from retinanet.export.detector import DetectorNetwork, DetectorSpec, ExportableDetector
 from retinanet.export.nms_op import nms_keep
+from retinanet.modeling.conv import winograd_disabled
 from retinanet.modeling.postprocess import PostProcessor
 from retinanet.modeling.retinanet import RetinaNet
 from retinanet.ops.anchors import grid_anchors
@@ -160,7 +161,12 @@ def export_program(
         batch = Dim("batch", min=1, max=MAX_BATCH)
         height, width = Dim("height", min=1, max=MAX_SIDE), Dim("width", min=1, max=MAX_SIDE)
         shapes = {"images": {0: batch, 2: height, 3: width}, "image_sizes": {0: batch}}
-    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True), _contiguous_conv_format():
+    with (
+        torch.no_grad(),
+        fx_config.patch(backed_size_oblivious=True),
+        _contiguous_conv_format(),
+        winograd_disabled(model),
+    ):
         program = torch.export.export(detector, (images, image_sizes), dynamic_shapes=shapes)
     return program, _input_ranges(program)
 

@@ -8,8 +8,8 @@ AR100, ARs, ARm, ARl, per-class AP). Other ranks return an empty dict.
 
 The model is run as given (eval mode for the loop, its training mode restored after).
 ``inference_model(model, cfg)`` is the form evaluation and prediction run: the BN-folded copy
-(``fuse_for_inference``, Winograd convs per ``test.winograd``) inside the ``test.tta`` and ``test.amp``
-wrappers.
+(``fuse_for_inference``; its wide 3x3 convs in Winograd form where ``model.winograd``) inside the
+``test.tta`` and ``test.amp`` wrappers.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ log = logging.getLogger("retinanet.eval")
 
 
 def inference_model(model: nn.Module, cfg: Config, inplace: bool = False) -> nn.Module:
-    """``model`` (a RetinaNet) as evaluation and prediction run it: BN folded, the large 3x3 convs through
-    Winograd where ``cfg.test.winograd``, then the ``test.tta`` and ``test.amp`` wrappers."""
-    fused = model.fuse_for_inference(inplace=inplace, winograd=cfg.test.winograd)  # type: ignore[operator]
+    """``model`` (a RetinaNet) as evaluation and prediction run it: BN folded (the wide 3x3 convs in
+    Winograd form where the model's switch is on), then the ``test.tta`` and ``test.amp`` wrappers."""
+    fused = model.fuse_for_inference(inplace=inplace)  # type: ignore[operator]
     return with_amp(with_tta(fused, cfg), cfg)
 
 

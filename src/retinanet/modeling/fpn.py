@@ -22,6 +22,8 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retinanet.modeling.conv import conv3x3
+
 __all__ = ["FPN", "LastLevelP6P7", "BackboneWithFPN"]
 
 P6_SOURCES = ("C5", "P5")
@@ -57,9 +59,7 @@ class FPN(nn.Module):
         self.in_channels = in_channels
         self.out_channels = int(out_channels)
         self.inner_blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, out_channels, 1)) for c in in_channels)
-        self.layer_blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1)) for _ in in_channels
-        )
+        self.layer_blocks = nn.ModuleList(nn.Sequential(conv3x3(out_channels, out_channels)) for _ in in_channels)
         p6_in = in_channels[-1] if p6_from == "C5" else out_channels
         self.extra_blocks = LastLevelP6P7(p6_in, out_channels, p6_from)
         for m in self.modules():

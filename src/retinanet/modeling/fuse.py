@@ -25,17 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retinanet.modeling.conv import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_POSITIONS
 from retinanet.modeling.norm import FrozenBatchNorm2d, fold_frozen_bn
 from retinanet.modeling.resnet import BasicBlock, Bottleneck, ResNet
 from retinanet.ops.winograd import winograd_applies, winograd_conv3x3, winograd_weights
 
-__all__ = ["FusedConv2d", "fuse_for_inference", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_POSITIONS"]
+__all__ = ["FusedConv2d", "fuse_for_inference"]
 
 _ACTS = (None, "relu", "relu6")
-
-# Where Winograd beats oneDNN's direct conv (benchmarks/bench_winograd.py, BENCHMARKS.md)
-WINOGRAD_MIN_CHANNELS = 256
-WINOGRAD_MIN_POSITIONS = 256
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -88,6 +85,8 @@ class FusedConv2d(nn.Module):
         self.act = act
         self.register_buffer("winograd_u", None, persistent=False)
         self.winograd_min_positions = 0
+        if getattr(conv, "winograd", False):  # a WinogradConv2d with its switch on
+            self.use_winograd()
 
     def use_winograd(self, min_positions: int = WINOGRAD_MIN_POSITIONS) -> bool:
         """Precompute the Winograd-domain weights if this is a 3x3, stride-1, padding-1, undilated,
@@ -111,7 +110,7 @@ class FusedConv2d(nn.Module):
         )
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        if self.winograd_u is not None and winograd_applies(x, self.winograd_min_positions):
+        if self.winograd_u is not None and winograd_applies(x, self.winograd_min_positions) and not x.requires_grad:
             y = winograd_conv3x3(x, self.winograd_u, self.bias)
         else:
             y = F.conv2d(
@@ -225,24 +224,26 @@ def _fuse_tree(module: nn.Module) -> None:
         module.relu = nn.Identity()
     # any conv left on its own (FPN P6/P7, head output convs)
     for name, child in list(module.named_children()):
-        if type(child) is nn.Conv2d and _plain_conv(child):
+        if isinstance(child, nn.Conv2d) and _plain_conv(child):
             setattr(module, name, FusedConv2d(child))
 
 
-def fuse_for_inference(module: M, inplace: bool = False, winograd: bool = False) -> M:
+def fuse_for_inference(module: M, inplace: bool = False, winograd: Optional[bool] = None) -> M:
     """The inference-fused form of ``module`` (see the module doc); eval mode, no gradients.
 
-    ``winograd``: 3x3 stride-1 convs with at least ``WINOGRAD_MIN_CHANNELS`` input channels (FPN
-    outputs, head towers and output convs, ResNet res4/res5) run through Winograd F(4x4, 3x3) on maps
-    of at least ``WINOGRAD_MIN_POSITIONS`` positions (CPU, float32; :mod:`retinanet.ops.winograd`).
+    ``winograd``: None keeps each conv's own switch (:class:`~retinanet.modeling.conv.WinogradConv2d`);
+    True runs every 3x3 stride-1 conv with at least ``WINOGRAD_MIN_CHANNELS`` input channels through
+    Winograd F(4x4, 3x3) on maps of at least ``WINOGRAD_MIN_POSITIONS`` positions (CPU, float32); False
+    none.
     """
     if not inplace:
         module = copy.deepcopy(module)
     module.eval()
     _fuse_tree(module)
-    if winograd:
-        for m in module.modules():
-            if isinstance(m, FusedConv2d) and m.in_channels >= WINOGRAD_MIN_CHANNELS:
+    for m in module.modules():
+        if isinstance(m, FusedConv2d) and winograd is not None:
+            m.winograd_u = None
+            if winograd and m.in_channels >= WINOGRAD_MIN_CHANNELS and m.groups == 1:
                 m.use_winograd()
     for p in module.parameters():
         p.requires_grad_(False)

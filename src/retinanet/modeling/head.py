@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from retinanet.modeling.conv import conv3x3
+
 __all__ = [
     "RetinaNetHead",
     "RetinaNetClassificationHead",
@@ -47,7 +49,7 @@ def _tower(channels: int, num_convs: int, norm: Optional[str]) -> nn.Sequential:
         raise ValueError(f"num_convs must be >= 0, got {num_convs}")
     blocks = []
     for _ in range(num_convs):
-        layers: list[nn.Module] = [nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None)]
+        layers: list[nn.Module] = [conv3x3(channels, channels, bias=norm is None)]
         if norm == "GN":
             layers.append(nn.GroupNorm(32, channels))
         layers.append(nn.ReLU(inplace=True))
@@ -105,7 +107,7 @@ class RetinaNetClassificationHead(nn.Module):
         self.num_anchors = num_anchors
         self.num_classes = num_classes
         self.conv = _tower(in_channels, num_convs, norm)
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
+        self.cls_logits = conv3x3(in_channels, num_anchors * num_classes)
         _init_normal(self.conv)
         init_cls_logits(self.cls_logits, prior)
 
@@ -120,7 +122,7 @@ class RetinaNetRegressionHead(nn.Module):
         super().__init__()
         self.num_anchors = num_anchors
         self.conv = _tower(in_channels, num_convs, norm)
-        self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
+        self.bbox_reg = conv3x3(in_channels, num_anchors * 4)
         _init_normal(self)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retinanet.modeling.conv import WinogradConv2d
+
 __all__ = ["NORMS", "FrozenBatchNorm2d", "norm_layer", "fold_frozen_bn", "conv_bn"]
 
 NORMS = ("frozen_bn", "bn")
@@ -95,8 +97,13 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
     """``bn(conv(x))``; a :class:`FrozenBatchNorm2d` is folded into the conv's weights first (one pass
     over the output less, forward and backward). Any other norm (``nn.BatchNorm2d``, ``nn.Identity``)
     runs as is."""
-    if type(bn) is not FrozenBatchNorm2d or type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
+    if not (type(bn) is FrozenBatchNorm2d and type(conv) in (nn.Conv2d, WinogradConv2d)):
+        return bn(conv(x))
+    assert isinstance(conv, nn.Conv2d)
+    if conv.padding_mode != "zeros":
         return bn(conv(x))
     weight, bias = fold_frozen_bn(bn, conv.weight, conv.bias)
     dtype = conv.weight.dtype
+    if isinstance(conv, WinogradConv2d) and conv.winograd:
+        return conv.conv(x, weight.to(dtype), bias.to(dtype))
     return F.conv2d(x, weight.to(dtype), bias.to(dtype), conv.stride, conv.padding, conv.dilation, conv.groups)

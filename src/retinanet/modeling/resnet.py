@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 from torch import Tensor, nn
 
 from retinanet.modeling.backbone_base import Backbone
+from retinanet.modeling.conv import conv3x3
 from retinanet.modeling.norm import conv_bn, norm_layer
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
@@ -37,9 +38,9 @@ class BasicBlock(nn.Module):
         super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.conv1 = conv3x3(inplanes, planes, stride, bias=False)
         self.bn1 = norm(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.conv2 = conv3x3(planes, planes, bias=False)
         self.bn2 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: Optional[nn.Sequential] = None
@@ -72,7 +73,7 @@ class Bottleneck(nn.Module):
         out = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = norm(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.conv2 = conv3x3(width, width, stride, groups, bias=False)
         self.bn2 = norm(width)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = norm(out)

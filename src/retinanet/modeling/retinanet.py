@@ -36,6 +36,7 @@ from retinanet.config import Config
 from retinanet.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from retinanet.losses.ohem import ohem_cross_entropy
 from retinanet.modeling.backbone import build_backbone
+from retinanet.modeling.conv import set_winograd
 from retinanet.modeling.fpn import FPN, BackboneWithFPN
 from retinanet.modeling.head import RetinaNetHead
 from retinanet.modeling.postprocess import Detections, PostProcessor, rescale_detections
@@ -133,7 +134,7 @@ class RetinaNet(nn.Module):
             nms_thresh=m.nms_thresh,
             detections_per_image=m.detections_per_image,
         )
-        return cls(
+        model = cls(
             backbone,
             head,
             anchors,
@@ -154,12 +155,15 @@ class RetinaNet(nn.Module):
             ohem_nms=m.ohem_nms,
             ohem_pos_fraction=m.ohem_pos_fraction,
         )
+        set_winograd(model, m.winograd)
+        return model
 
-    def fuse_for_inference(self, inplace: bool = False, winograd: bool = False) -> "RetinaNet":
+    def fuse_for_inference(self, inplace: bool = False, winograd: Optional[bool] = None) -> "RetinaNet":
         """An inference-only copy (or, with ``inplace``, this model) with every FrozenBatchNorm2d folded
         into its conv (:mod:`retinanet.modeling.fuse`); same detections up to float rounding. It is in
         eval mode and refuses ``train()``; keep the unfused model for checkpoints, training and export.
-        ``winograd``: the large 3x3 convs run through Winograd F(4x4, 3x3) on the CPU (``test.winograd``)."""
+        ``winograd``: None follows the model's convs (``model.winograd``); True / False forces Winograd
+        F(4x4, 3x3) on / off for the large 3x3 convs (:mod:`retinanet.modeling.conv`)."""
         from retinanet.modeling.fuse import fuse_for_inference
 
         model = fuse_for_inference(self, inplace=inplace, winograd=winograd)
