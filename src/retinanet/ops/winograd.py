@@ -218,21 +218,21 @@ class _Winograd3x3(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        xp, _, _ = _padded_nhwc(x)
-        ctx.save_for_backward(xp, weight)
+        ctx.save_for_backward(x, weight)  # x itself (the previous op's output, kept anyway), not a padded copy
         ctx.has_bias, ctx.hw = bias is not None, tuple(x.shape[-2:])
+        xp, _, _ = _padded_nhwc(x)
         return _conv_padded(xp, x.shape[-2], x.shape[-1], winograd_weights(weight), bias, _TRAIN_TILES)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-        xp, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         gp, _, _ = _padded_nhwc(grad_out)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             u_t = winograd_weights(weight.flip(-1, -2).transpose(0, 1))
             gx = _conv_padded(gp, ctx.hw[0], ctx.hw[1], u_t, None, _TRAIN_TILES)
         if ctx.needs_input_grad[1]:
-            gw = _weight_grad_padded(xp, gp, _TRAIN_TILES)
+            gw = _weight_grad_padded(_padded_nhwc(x)[0], gp, _TRAIN_TILES)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad_out.sum((0, 2, 3))
         return gx, gw, gb
